@@ -1,0 +1,5 @@
+"""Allow ``python -m vouch``."""
+
+from vouch.cli.main import main
+
+main()
