@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from notary_harness import NotaryCLI, NotaryServer, fetch
 
+from notary_harness import NotaryCLI, NotaryServer, fetch
 from vouch.crypto.certs import root_key
 from vouch.crypto.privkey import PrivateKey
 from vouch.tuf import build, roles

@@ -9,8 +9,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from simulator import RepoSim, Signing
 
+from simulator import RepoSim, Signing
 from vouch.crypto.privkey import PrivateKey
 from vouch.tuf.errors import PinningError
 from vouch.tuf.keys import certificate_key
