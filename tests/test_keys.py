@@ -128,3 +128,14 @@ def test_private_material_in_metadata_refused() -> None:
 def test_unknown_key_members_round_trip() -> None:
     data = {"keytype": "ecdsa", "keyval": {"private": None, "public": "AA==", "x": 1}, "y": [2]}
     assert Key.from_dict(data).to_dict() == data
+
+
+@pytest.mark.parametrize("bad", ["AAA", "AA=A", "A A=", "AA==\n", "-_==", "AAAA=", "é", "AA=="[:1]])
+def test_base64_is_strict_standard_with_padding(bad: str) -> None:
+    with pytest.raises(FormatError):
+        keys.b64decode(bad, "x")
+
+
+def test_base64_decodes_standard_alphabet() -> None:
+    assert keys.b64decode("+/8=", "x") == b"\xfb\xff"
+    assert keys.b64decode("", "x") == b""

@@ -56,8 +56,10 @@ PublicKeyObject = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSA
 
 def b64decode(text: str, what: str) -> bytes:
     """Strict standard base64 (with padding), as Go's encoding/json writes []byte."""
+    if len(text) % 4:
+        raise FormatError(f"{what} is not valid base64")
     try:
-        return base64.b64decode(text, validate=True)
+        return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError, TypeError) as exc:
         raise FormatError(f"{what} is not valid base64") from exc
 

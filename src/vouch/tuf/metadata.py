@@ -67,19 +67,28 @@ class FileMeta:
     unrecognized: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: Any, what: str = "file meta") -> FileMeta:
-        rest = dict(_obj(data, what))
-        length = _int(rest.pop("length", None), f"{what} length", 0)
-        hashes = _obj(rest.pop("hashes", None), f"{what} hashes")
+    def from_dict(cls, data: Any, name: str = "", kind: str = "file meta") -> FileMeta:
+        # Hot path (10,000s of targets per file): error texts are built only on failure.
+        if not isinstance(data, dict):
+            raise FormatError(f"{kind} {name!r} must be an object")
+        rest = dict(data)
+        length = rest.pop("length", None)
+        hashes = rest.pop("hashes", None)
+        if type(length) is not int or length < 0:
+            raise FormatError(f"{kind} {name!r} length must be a non-negative integer")
+        if not isinstance(hashes, dict):
+            raise FormatError(f"{kind} {name!r} hashes must be an object")
         known = 0
-        for name, value in hashes.items():
-            _str(value, f"{what} hash {name}")
-            if name in HASH_SIZES:
-                if len(b64decode(value, f"{what} {name}")) != HASH_SIZES[name]:
-                    raise FormatError(f"{what} {name} has the wrong length")
+        for algo, value in hashes.items():
+            if not isinstance(value, str):
+                raise FormatError(f"{kind} {name!r} hash {algo} must be a string")
+            size = HASH_SIZES.get(algo)
+            if size is not None:
+                if len(b64decode(value, f"{kind} {name!r} {algo}")) != size:
+                    raise FormatError(f"{kind} {name!r} {algo} has the wrong length")
                 known += 1
         if not known:
-            raise FormatError(f"{what} has no sha256 or sha512 hash")
+            raise FormatError(f"{kind} {name!r} has no sha256 or sha512 hash")
         custom = rest.pop("custom", MISSING)
         return cls(length, hashes, custom, rest)
 
@@ -342,7 +351,7 @@ class Targets(Signed):
     def from_dict(cls, data: Any) -> Targets:
         rest, version, expires = cls._common(data)
         raw = _obj(rest.pop("targets", None), "targets")
-        targets = {name: FileMeta.from_dict(m, f"target {name!r}") for name, m in raw.items()}
+        targets = {name: FileMeta.from_dict(m, name, "target") for name, m in raw.items()}
         deleg_raw = rest.pop("delegations", None)
         delegations = Delegations.from_dict(deleg_raw) if deleg_raw is not None else None
         return cls(version, expires, targets, delegations, unrecognized=rest)
@@ -380,7 +389,7 @@ class _MetaFile(Signed):
     def from_dict(cls, data: Any) -> _MetaFile:
         rest, version, expires = cls._common(data)
         raw = _obj(rest.pop("meta", None), "meta")
-        meta = {name: FileMeta.from_dict(m, f"meta {name!r}") for name, m in raw.items()}
+        meta = {name: FileMeta.from_dict(m, name, "meta") for name, m in raw.items()}
         for name in cls.REQUIRED:
             if name not in meta or "sha256" not in meta[name].hashes:
                 raise FormatError(

@@ -111,6 +111,10 @@ class TrustedSet:
         self.timestamp: Metadata[Timestamp] | None = None
         self.snapshot: Metadata[Snapshot] | None = None
         self.targets: dict[str, Metadata[Targets]] = {}
+        # Loaded roles never change, so what they declare and the effective
+        # (path-restricted) form of each delegation can be computed once.
+        self._declared_by: dict[str, dict[str, DelegatedRole]] = {}
+        self._effective_of: dict[str, DelegatedRole] = {}
 
     # -- helpers -----------------------------------------------------------
 
@@ -233,11 +237,11 @@ class TrustedSet:
             parent = self.targets.get(parent_name)
             if parent is None:
                 raise TrustError(f"load {parent_name} before {role}")
-            deleg = parent.signed.delegations
-            spec = deleg.role(role) if deleg is not None else None
-            if deleg is None or spec is None:
+            spec = self._declared(parent_name).get(role)
+            if spec is None or parent.signed.delegations is None:
                 raise RoleError(f"tuf: invalid role {role}. delegation does not exist")
-            keys = {kid: deleg.keys[kid] for kid in spec.keyids if kid in deleg.keys}
+            deleg_keys = parent.signed.delegations.keys
+            keys = {kid: deleg_keys[kid] for kid in spec.keyids if kid in deleg_keys}
             threshold = spec.threshold
         self._snapshot_meta(role).verify(data, role)
         new: Metadata[Targets] = Metadata.from_bytes(data, Targets)
@@ -250,37 +254,50 @@ class TrustedSet:
 
     # -- queries -----------------------------------------------------------
 
+    def _declared(self, role: str) -> dict[str, DelegatedRole]:
+        """Delegations a loaded role declares, by name (the first wins)."""
+        found = self._declared_by.get(role)
+        if found is None:
+            md = self.targets.get(role)
+            if md is None or md.signed.delegations is None:
+                return {}
+            found = {}
+            for child in md.signed.delegations.roles:
+                found.setdefault(child.name, child)
+            self._declared_by[role] = found
+        return found
+
     def delegations_of(self, role: str) -> list[DelegatedRole]:
         """``role``'s children as trusted, their paths restricted by ``role``'s own."""
-        md = self.targets.get(role)
-        if md is None or md.signed.delegations is None:
-            return []
-        own = self._effective(role)
-        out = []
-        for declared in md.signed.delegations.roles:
-            child = declared
-            if own is not None and declared.paths is not None:
-                parent_paths = own.paths or []
-                paths = [p for p in declared.paths if any(p.startswith(q) for q in parent_paths)]
-                child = DelegatedRole(
-                    declared.name,
-                    declared.keyids,
-                    declared.threshold,
-                    paths,
-                    declared.path_hash_prefixes,
-                    declared.terminating,
-                )
-            out.append(child)
-        return out
+        return [self._effective(name) for name in self._declared(role)]
 
-    def _effective(self, role: str) -> DelegatedRole | None:
-        if role == roles.TARGETS:
-            return None
+    def _effective(self, role: str) -> DelegatedRole:
+        """A delegation with its paths cut to those its parent may delegate.
+
+        Like Notary, a child path survives only if one of the parent's paths
+        is a prefix of it; hash prefixes are checked along the whole chain
+        at lookup time instead.
+        """
+        hit = self._effective_of.get(role)
+        if hit is not None:
+            return hit
         parent = roles.parent_of(role)
-        for child in self.delegations_of(parent):
-            if child.name == role:
-                return child
-        raise RoleError(f"{role} is not delegated")
+        declared = self._declared(parent).get(role)
+        if declared is None:
+            raise RoleError(f"{role} is not delegated")
+        child = declared
+        if parent != roles.TARGETS and declared.paths is not None:
+            parent_paths = self._effective(parent).paths or []
+            child = DelegatedRole(
+                declared.name,
+                declared.keyids,
+                declared.threshold,
+                [p for p in declared.paths if any(p.startswith(q) for q in parent_paths)],
+                declared.path_hash_prefixes,
+                declared.terminating,
+            )
+        self._effective_of[role] = child
+        return child
 
     def walk(self) -> Iterator[tuple[str, list[DelegatedRole]]]:
         """Loaded roles in Notary's order (pre-order, depth-first), each with
@@ -292,7 +309,7 @@ class TrustedSet:
             if name not in self.targets:
                 continue
             seen += 1
-            if seen > MAX_DELEGATIONS:
+            if seen > MAX_DELEGATIONS + 1:  # the top-level targets role is not a delegation
                 raise TrustError(f"more than {MAX_DELEGATIONS} delegated roles")
             yield name, chain
             children = self.delegations_of(name)
