@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv run test lint fmt bench clean
+.PHONY: venv run self-check test lint fmt bench clean
 
 $(BIN)/vouch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,12 @@ $(BIN)/vouch: pyproject.toml
 
 venv: $(BIN)/vouch
 
-## Run vouch's main job on embedded defaults.
+## Run vouch's main job on embedded defaults: the trust server on
+## https://127.0.0.1:4443, SQLite and a development CA in .vouch/.
 run: venv
+	$(BIN)/vouch server
+
+self-check: venv
 	$(BIN)/vouch self-check
 
 ## The whole test suite (lint and type checks included).

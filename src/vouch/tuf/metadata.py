@@ -517,6 +517,22 @@ class Metadata(Generic[T]):
         kept = [] if replace else [s for s in self.signatures if s.keyid not in ids]
         self.signatures = kept + [signer.sign(message) for signer in signers]
 
+    def signing_bytes(self) -> bytes:
+        """Freeze the model as the content to sign and return its canonical bytes.
+
+        For signers that cannot be called synchronously (a key service, an
+        HSM): sign these bytes, then :meth:`add_signature` each result.
+        """
+        self.signed_raw = self.signed.to_dict()
+        self.raw = None
+        self.signatures = []
+        return canonical.encode(self.signed_raw)
+
+    def add_signature(self, signature: Signature) -> None:
+        self.signatures = [s for s in self.signatures if s.keyid != signature.keyid]
+        self.signatures.append(signature)
+        self.raw = None
+
     def verified_keyids(self, keys: dict[str, Key], threshold: int, role: str) -> set[str]:
         """Check signatures against ``keys`` and return the distinct keys that signed.
 

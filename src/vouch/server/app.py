@@ -1,0 +1,383 @@
+"""notary-server's HTTP API as an ASGI application (Starlette).
+
+Paths are parsed by hand rather than by a router: a GUN may contain ``/``
+and so may a delegated role, and notary-server resolves
+``<role>.<hex>.json`` before ``<version>.<role>.json`` before
+``<role>.json``. One explicit parser keeps that order obvious.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from vouch.server.errors import JSON_TYPE, error_response
+from vouch.server.gun import InvalidGunError, check_gun, check_role
+from vouch.server.multipart import MalformedUploadError, NoFilenameError, parse_update
+from vouch.server.service import NotFoundError, SigningUnavailableError, TrustService
+from vouch.storage.base import StorageError, StoredFile, VersionConflictError
+from vouch.tuf import roles
+from vouch.tuf.canonical import loads
+from vouch.tuf.errors import FormatError
+from vouch.tuf.publish import UpdateError
+
+log = logging.getLogger("vouch.server")
+
+TEXT_TYPE = "text/plain; charset=utf-8"
+_BY_HASH = re.compile(
+    r"(?P<role>.+)\.(?P<hex>[0-9a-fA-F]{64}|[0-9a-fA-F]{96}|[0-9a-fA-F]{128})\.json\Z"
+)
+_BY_VERSION = re.compile(r"(?P<version>[1-9]*[0-9]+)\.(?P<role>.+)\.json\Z")
+_CURRENT = re.compile(r"(?P<role>.+)\.json\Z")
+_KEY = re.compile(r"(?P<role>timestamp|snapshot)\.key\Z")
+_ROLE = re.compile(r"root|targets(?:/[^/\s]+)*|snapshot|timestamp\Z")
+MAX_INT32 = 2**31 - 1
+
+
+class Authorizer(Protocol):
+    """Decides whether a request may proceed; returns a 401 response if not."""
+
+    def check(self, request: Request, kind: str, gun: str | None) -> Response | None: ...
+
+
+@dataclass
+class HTTPSettings:
+    current_max_age: int = 300
+    consistent_max_age: int = 2_592_000
+    max_upload_bytes: int = 100 * 1024 * 1024
+    gun_prefixes: tuple[str, ...] = ()
+
+
+def _cache_control(max_age: int, *, current: bool) -> dict[str, str]:
+    if max_age <= 0:
+        return {"Cache-Control": "max-age=0, no-cache, no-store", "Pragma": "no-cache"}
+    value = f"public, max-age={max_age}, s-maxage={max_age}"
+    return {"Cache-Control": value + (", must-revalidate" if current else "")}
+
+
+def _http_date(when: datetime) -> str:
+    # notary-server writes Go's RFC 1123 with the zone's name: "UTC", not "GMT".
+    return when.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S UTC")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "vouch_server_http_requests",
+            "Requests by operation and status",
+            ["operation", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "vouch_server_http_request_duration_seconds",
+            "Request latency by operation",
+            ["operation"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        )
+        self.updates = Counter(
+            "vouch_server_updates", "Publishes by result", ["result"], registry=self.registry
+        )
+
+
+def build_app(
+    service: TrustService,
+    *,
+    settings: HTTPSettings | None = None,
+    authorizer: Authorizer | None = None,
+) -> Starlette:
+    cfg = settings or HTTPSettings()
+    metrics = Metrics()
+
+    def allowed_gun(gun: str) -> bool:
+        return not cfg.gun_prefixes or any(gun.startswith(p) for p in cfg.gun_prefixes)
+
+    def deny(request: Request, kind: str, gun: str | None) -> Response | None:
+        return authorizer.check(request, kind, gun) if authorizer is not None else None
+
+    def metadata(file: StoredFile, *, current: bool) -> Response:
+        headers = _cache_control(
+            cfg.current_max_age if current else cfg.consistent_max_age, current=current
+        )
+        headers["Last-Modified"] = _http_date(file.updated_at if current else file.created_at)
+        return Response(file.data, media_type=TEXT_TYPE, headers=headers)
+
+    async def get_tuf(request: Request, gun: str, name: str) -> tuple[str, Response]:
+        key = _KEY.match(name)
+        if key:
+            if denied := deny(request, "key_get", gun):
+                return "GetKey", denied
+            k = await service.get_key(gun, key["role"])
+            return "GetKey", _key_response(k)
+        for op, pattern in (
+            ("GetRoleByHash", _BY_HASH),
+            ("GetRoleByVersion", _BY_VERSION),
+            ("GetRole", _CURRENT),
+        ):
+            m = pattern.match(name)
+            if m is None or not _ROLE.match(m["role"]):
+                continue
+            if denied := deny(request, "metadata_get", gun):
+                return op, denied
+            role = m["role"]
+            try:
+                if op == "GetRoleByHash":
+                    digest = m["hex"]
+                    if len(digest) != 64 or digest != digest.lower():
+                        raise NotFoundError(role)
+                    return op, metadata(
+                        await service.get_checksum(gun, role, digest), current=False
+                    )
+                if op == "GetRoleByVersion":
+                    version = int(m["version"])
+                    if version < 1:
+                        raise NotFoundError(role)
+                    return op, metadata(
+                        await service.get_version(gun, role, version), current=False
+                    )
+                return op, metadata(await service.get_current(gun, role), current=True)
+            except NotFoundError:
+                return op, error_response("METADATA_NOT_FOUND", {})
+        return "NotFound", error_response("METADATA_NOT_FOUND")
+
+    async def post_update(request: Request, gun: str) -> Response:
+        if not allowed_gun(gun):
+            return error_response(
+                "INVALID_GUN", f"Require GUNs with prefix: [{' '.join(cfg.gun_prefixes)}]"
+            )
+        if denied := deny(request, "update", gun):
+            return denied
+        body = await _read_body(request, cfg.max_upload_bytes)
+        if body is None:
+            return error_response("TOO_LARGE")
+        try:
+            uploads = parse_update(body, request.headers.get("content-type", ""))
+        except NoFilenameError:
+            return error_response("NO_FILENAME")
+        except MalformedUploadError as exc:
+            return error_response("MALFORMED_UPLOAD", str(exc))
+        for role, data in uploads.items():
+            try:
+                check_role(role)
+            except InvalidGunError:
+                return error_response("INVALID_ROLE", role)
+            if not _well_formed(data):
+                return error_response("MALFORMED_JSON", {})
+        try:
+            await service.update(gun, uploads)
+        except UpdateError as exc:
+            metrics.updates.labels("invalid").inc()
+            return error_response("INVALID_UPDATE", exc.detail())
+        except VersionConflictError:
+            metrics.updates.labels("version").inc()
+            return error_response("VERSION", {})
+        except SigningUnavailableError as exc:
+            log.warning("publish to %s needs a signature the key service cannot give: %s", gun, exc)
+            metrics.updates.labels("unavailable").inc()
+            return error_response("UNAVAILABLE", str(exc))
+        metrics.updates.labels("ok").inc()
+        return Response(b"", media_type=TEXT_TYPE)
+
+    async def dispatch(request: Request) -> Response:
+        path = request.url.path
+        method = request.method
+        if path == "/_notary_server/health" and method == "GET":
+            return await health()
+        if path == "/metrics" and method == "GET":
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        if path == "/v2/" and method == "GET":
+            return deny(request, "catalog", None) or Response(b"{}", media_type=TEXT_TYPE)
+        if path == "/v2/_trust/changefeed" and method == "GET":
+            return deny(request, "catalog", None) or await changefeed(request, None)
+        if method not in ("GET", "POST", "DELETE", "PUT", "HEAD"):
+            return Response(b"", status_code=405)
+        if not path.startswith("/v2/"):
+            return deny(request, "catalog", None) or error_response("METADATA_NOT_FOUND")
+        rest = path[4:]
+        if "/_trust/tuf/" in rest:
+            gun, _, name = rest.partition("/_trust/tuf/")
+        elif rest.endswith("/_trust/changefeed"):
+            gun, name = rest[: -len("/_trust/changefeed")], None
+        else:
+            return deny(request, "catalog", None) or error_response("METADATA_NOT_FOUND")
+        try:
+            check_gun(gun)
+        except InvalidGunError as exc:
+            if method == "POST" and name == "":
+                return error_response("INVALID_GUN", str(exc))
+            return error_response("METADATA_NOT_FOUND")
+        if name is None:
+            if method != "GET":
+                return error_response("METADATA_NOT_FOUND")
+            if not allowed_gun(gun):
+                return error_response("METADATA_NOT_FOUND")
+            return deny(request, "changefeed_gun", gun) or await changefeed(request, gun)
+        if not allowed_gun(gun) and not (method == "POST" and name == ""):
+            return error_response("METADATA_NOT_FOUND")
+        if name == "":
+            if method == "POST":
+                return await post_update(request, gun)
+            if method == "DELETE":
+                if denied := deny(request, "delete", gun):
+                    return denied
+                await service.delete(gun)
+                return Response(b"", media_type=TEXT_TYPE)
+            return error_response("METADATA_NOT_FOUND")
+        if method == "POST" and (key := _KEY.match(name)):
+            if denied := deny(request, "key_rotate", gun):
+                return denied
+            return _key_response(await service.rotate_key(gun, key["role"]))
+        if method != "GET":
+            return error_response("METADATA_NOT_FOUND")
+        _, response = await get_tuf(request, gun, name)
+        return response
+
+    async def changefeed(request: Request, gun: str | None) -> Response:
+        params = request.query_params
+        raw_records = params.get("records", "")
+        try:
+            records = int(raw_records)
+            if abs(records) > MAX_INT32:
+                raise ValueError(raw_records)
+        except ValueError:
+            return error_response(
+                "INVALID_PARAMETERS",
+                f'invalid records parameter: strconv.ParseInt: parsing "{raw_records}": '
+                "invalid syntax",
+            )
+        raw_id = params.get("change_id", "")
+        try:
+            change_id = int(raw_id) if raw_id else 0
+        except ValueError:
+            return error_response("INVALID_PARAMETERS", {})
+        if records == 0:
+            records = 100
+        records = max(-1000, min(1000, records))
+        if records < 0 and change_id == 0:
+            change_id = -1
+        changes = await service.store.changes(gun, change_id, records)
+        body = {
+            "count": len(changes),
+            "records": [
+                {
+                    "ID": str(c.id),
+                    "CreatedAt": c.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                    "GUN": c.gun,
+                    "Version": c.version,
+                    "SHA256": c.sha256,
+                    "Category": c.category,
+                }
+                for c in changes
+            ],
+        }
+        return Response(json.dumps(body).encode() + b"\n", media_type=JSON_TYPE)
+
+    async def health() -> Response:
+        failures: dict[str, str] = {}
+        for name, check in (
+            ("DB operational", service.store.check_health),
+            ("Trust operational", service.keys.check_health),
+        ):
+            try:
+                await asyncio.wait_for(check(), timeout=5)
+            except Exception as exc:
+                failures[name] = str(exc) or type(exc).__name__
+        status = 503 if failures else 200
+        return Response(
+            json.dumps(failures).encode() + b"\n", status_code=status, media_type=JSON_TYPE
+        )
+
+    async def endpoint(request: Request) -> Response:
+        start = time.perf_counter()
+        op = _operation(request)
+        try:
+            response = await dispatch(request)
+        except StorageError:
+            log.exception("storage failure on %s %s", request.method, request.url.path)
+            response = error_response("UNKNOWN", {})
+        except SigningUnavailableError as exc:
+            response = error_response("UNAVAILABLE", str(exc))
+        metrics.requests.labels(op, str(response.status_code)).inc()
+        metrics.latency.labels(op).observe(time.perf_counter() - start)
+        return response
+
+    methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"]
+    app = Starlette(routes=[Route("/{path:path}", endpoint, methods=methods)])
+    app.state.metrics = metrics
+    app.state.service = service
+    return app
+
+
+def _operation(request: Request) -> str:
+    path = request.url.path
+    if "/_trust/tuf/" not in path:
+        return "Changefeed" if path.endswith("/changefeed") else "Other"
+    name = path.rsplit("/_trust/tuf/", 1)[1]
+    if name == "":
+        return "UpdateTUF" if request.method == "POST" else "DeleteTUF"
+    if name.endswith(".key"):
+        return "RotateKey" if request.method == "POST" else "GetKey"
+    if _BY_HASH.match(name):
+        return "GetRoleByHash"
+    if _BY_VERSION.match(name):
+        return "GetRoleByVersion"
+    return "GetRole"
+
+
+def _key_response(key: Any) -> Response:
+    # Go struct order, not canonical: public before private.
+    body = {"keytype": key.keytype, "keyval": {"public": key.public, "private": None}}
+    return Response(json.dumps(body, separators=(",", ":")).encode(), media_type=JSON_TYPE)
+
+
+def _well_formed(data: bytes) -> bool:
+    """notary-server's MALFORMED_JSON check: parseable, with typed signed members."""
+    try:
+        doc = loads(data)
+    except FormatError:
+        return False
+    signed = doc.get("signed") if isinstance(doc, dict) else None
+    if not isinstance(signed, dict):
+        return False
+    return (
+        isinstance(signed.get("_type"), str)
+        and isinstance(signed.get("expires"), str)
+        and isinstance(signed.get("version"), int)
+        and not isinstance(signed.get("version"), bool)
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+__all__ = ["Authorizer", "HTTPSettings", "build_app", "roles"]
