@@ -1,0 +1,66 @@
+"""The client's local copy of a repository's metadata: ``tuf/<gun>/metadata/``.
+
+Files are kept byte-for-byte as downloaded or signed (hashes cover exact
+bytes), written atomically with private modes. The GUN becomes a directory
+path, so it is validated first: no absolute paths, no ``..`` (Cure53
+TUF-01-004).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from vouch.tuf import roles
+
+
+class BadGunError(ValueError):
+    pass
+
+
+def check_client_gun(gun: str) -> str:
+    if not gun or len(gun) > 255 or gun.startswith("/") or "\\" in gun or "\x00" in gun:
+        raise BadGunError(f"invalid GUN {gun!r}")
+    if any(seg in ("", ".", "..") for seg in gun.split("/")):
+        raise BadGunError(f"invalid GUN {gun!r}: empty, '.' or '..' path segment")
+    return gun
+
+
+class MetadataCache:
+    """Cached metadata of one GUN under a trust directory."""
+
+    def __init__(self, trust_dir: Path, gun: str) -> None:
+        self.gun = check_client_gun(gun)
+        self.dir = Path(trust_dir) / "tuf" / gun / "metadata"
+
+    def path(self, role: str) -> Path:
+        roles.check_role_name(role)
+        return self.dir / f"{role}.json"
+
+    def read(self, role: str) -> bytes | None:
+        try:
+            return self.path(role).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def write(self, role: str, data: bytes) -> None:
+        path = self.path(role)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def remove(self, role: str) -> None:
+        self.path(role).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        if self.dir.exists():
+            for p in sorted(self.dir.rglob("*.json"), reverse=True):
+                p.unlink()

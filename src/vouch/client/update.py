@@ -1,0 +1,207 @@
+"""The client update workflow: fetch, verify and cache a repository's metadata.
+
+This is the I/O edge around :class:`vouch.tuf.trusted.TrustedSet`, which holds
+every trust rule. It follows the notary client's order and recovery (§10.1):
+cached root (or a pinned first root) → timestamp (always fetched; the cached
+one is used while valid if the server is unreachable) → snapshot, targets and
+delegations by checksum, cache first → on a verification failure, fetch the
+newest root, walk the versioned roots up to it, and retry once.
+
+Versions trusted before (the cached files) are floors, so a server cannot roll
+a client back across runs. Every verified download is cached verbatim.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from vouch.client.cache import MetadataCache
+from vouch.tuf import roles, timefmt
+from vouch.tuf.errors import (
+    ExpiredError,
+    FormatError,
+    HashMismatchError,
+    RollbackError,
+    SignatureError,
+    TrustError,
+)
+from vouch.tuf.metadata import Metadata, Root
+from vouch.tuf.pinning import TrustPinning
+from vouch.tuf.trusted import TrustedSet
+
+log = logging.getLogger("vouch.client")
+
+MAX_ROOT_SIZE = 100 * 1024 * 1024
+MAX_TIMESTAMP_SIZE = 1024 * 1024
+MAX_ROOT_CHAIN = 1000
+
+
+class MetadataNotFoundError(Exception):
+    """The server has no such file (for root: the repository does not exist)."""
+
+
+class MetadataUnavailableError(Exception):
+    """The server could not be asked (offline, 401, 5xx): cached data may be used."""
+
+
+class Source(Protocol):
+    async def __call__(self, name: str, max_size: int) -> bytes:
+        """Fetch ``<name>`` (e.g. ``timestamp.json``) of this GUN, at most ``max_size`` bytes."""
+        ...
+
+
+class RepositoryNotFoundError(TrustError):
+    """The server has no trust data for this GUN and nothing is cached."""
+
+
+@dataclass
+class UpdateResult:
+    trusted: TrustedSet
+    warnings: list[str] = field(default_factory=list)
+    offline: bool = False
+
+
+def _floors(cache: MetadataCache) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for role in (roles.TIMESTAMP, roles.SNAPSHOT, roles.TARGETS):
+        data = cache.read(role)
+        if data is None:
+            continue
+        try:
+            out[role] = Metadata.from_bytes(data).signed.version
+        except TrustError:
+            log.warning("ignoring an unreadable cached %s", role)
+    return out
+
+
+class Updater:
+    """One refresh of one GUN; create a new one for each refresh."""
+
+    def __init__(
+        self,
+        gun: str,
+        source: Source | Callable[[str, int], Awaitable[bytes]],
+        cache: MetadataCache,
+        *,
+        pinning: TrustPinning | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        self.gun = gun
+        self.fetch = source
+        self.cache = cache
+        self.pinning = pinning or TrustPinning()
+        self.now = now or timefmt.now()
+        self.warnings: list[str] = []
+        self.offline = False
+
+    async def refresh(self) -> UpdateResult:
+        trusted = await self._bootstrap()
+        try:
+            await self._load_tree(trusted)
+        except (SignatureError, HashMismatchError, RollbackError, ExpiredError, FormatError) as exc:
+            if self.offline:
+                raise
+            log.info("verification failed (%s); checking for a newer root", exc)
+            root = await self._newest_root(trusted)
+            if root is None:
+                raise
+            trusted = TrustedSet(self.gun, root, now=self.now, floors=_floors(self.cache))
+            await self._load_tree(trusted)
+        return UpdateResult(trusted, self.warnings, self.offline)
+
+    async def _bootstrap(self) -> TrustedSet:
+        cached = self.cache.read(roles.ROOT)
+        floors = _floors(self.cache)
+        if cached is not None:
+            return TrustedSet(self.gun, cached, now=self.now, floors=floors)
+        try:
+            root = await self.fetch("root.json", MAX_ROOT_SIZE)
+        except MetadataNotFoundError as exc:
+            raise RepositoryNotFoundError(
+                f"{self.gun} does not have trust data on the server"
+            ) from exc
+        trusted = TrustedSet(self.gun, root, now=self.now, bootstrap=True, pinning=self.pinning)
+        self.cache.write(roles.ROOT, root)
+        return trusted
+
+    async def _newest_root(self, trusted: TrustedSet) -> bytes | None:
+        """Walk ``<v>.root.json`` from the trusted version to the newest root."""
+        try:
+            latest = await self.fetch("root.json", MAX_ROOT_SIZE)
+        except (MetadataNotFoundError, MetadataUnavailableError):
+            return None
+        latest_md = Metadata.from_bytes(latest, Root)
+        current = trusted.root.signed.version
+        target = latest_md.signed.version
+        if target <= current:
+            return None
+        if target - current > MAX_ROOT_CHAIN:
+            raise RollbackError(f"root jumps from {current} to {target}; refusing to walk it")
+        chain = TrustedSet(self.gun, trusted.root_bytes, now=self.now)
+        for version in range(current + 1, target):
+            data = await self.fetch(f"{version}.root.json", MAX_ROOT_SIZE)
+            chain.update_root(data)
+        chain.update_root(latest)
+        self.cache.write(roles.ROOT, latest)
+        # Old cached files were signed under the old root; they no longer apply.
+        return latest
+
+    async def _timestamp(self, trusted: TrustedSet) -> None:
+        cached = self.cache.read(roles.TIMESTAMP)
+        try:
+            data = await self.fetch("timestamp.json", MAX_TIMESTAMP_SIZE)
+        except (MetadataUnavailableError, MetadataNotFoundError) as exc:
+            if cached is None:
+                raise
+            self.offline = True
+            self.warnings.append(f"using the cached timestamp: {exc}")
+            trusted.update_timestamp(cached)
+            return
+        trusted.update_timestamp(data)
+        if data != cached:
+            self.cache.write(roles.TIMESTAMP, data)
+
+    async def _pinned(self, trusted: TrustedSet, role: str) -> bytes:
+        """``role``'s bytes as the snapshot (or timestamp) pins them, cache first."""
+        if role == roles.SNAPSHOT:
+            assert trusted.timestamp is not None
+            meta = trusted.timestamp.signed.meta[roles.SNAPSHOT]
+        else:
+            assert trusted.snapshot is not None
+            meta = trusted.snapshot.signed.meta[role]
+        cached = self.cache.read(role)
+        if cached is not None:
+            try:
+                meta.verify(cached, role)
+                return cached
+            except HashMismatchError:
+                pass
+        digest = meta.sha256_hex()
+        name = f"{role}.{digest}.json" if digest else f"{role}.json"
+        data = await self.fetch(name, meta.length)
+        meta.verify(data, role)
+        self.cache.write(role, data)
+        return data
+
+    async def _load_tree(self, trusted: TrustedSet) -> None:
+        await self._timestamp(trusted)
+        trusted.update_snapshot(await self._pinned(trusted, roles.SNAPSHOT))
+        trusted.update_targets(await self._pinned(trusted, roles.TARGETS))
+        # Pre-order, depth-first; a delegation that fails is skipped, as in notary.
+        stack = list(reversed(trusted.delegations_of(roles.TARGETS)))
+        while stack:
+            child = stack.pop()
+            assert trusted.snapshot is not None
+            if child.name not in trusted.snapshot.signed.meta:
+                continue
+            try:
+                data = await self._pinned(trusted, child.name)
+                trusted.update_delegated_targets(data, child.name)
+            except (TrustError, MetadataNotFoundError, MetadataUnavailableError) as exc:
+                self.warnings.append(f"skipping delegation {child.name}: {exc}")
+                continue
+            stack.extend(reversed(trusted.delegations_of(child.name)))

@@ -1,0 +1,263 @@
+"""The client update workflow against a hostile or buggy server (a simulator).
+
+Each attack must be refused with a clear error and leave the local trusted
+cache as it was; honest changes (rotations, new versions) must be followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from simulator import RepoSim
+
+from vouch.client.cache import BadGunError, MetadataCache
+from vouch.client.update import (
+    MetadataNotFoundError,
+    MetadataUnavailableError,
+    RepositoryNotFoundError,
+    Updater,
+)
+from vouch.tuf.errors import (
+    ExpiredError,
+    HashMismatchError,
+    RollbackError,
+    SignatureError,
+    TrustError,
+)
+from vouch.tuf.metadata import Metadata
+
+
+class FakeServer:
+    """Serves a simulator's current files by notary's URL names; can be tampered with."""
+
+    def __init__(self, sim: RepoSim) -> None:
+        self.sim = sim
+        self.overrides: dict[str, bytes] = {}
+        self.requests: list[tuple[str, int]] = []
+        self.down = False
+        self.roots: dict[int, bytes] = {}
+
+    def publish(self) -> None:
+        for i, data in enumerate(self.sim.root_history, start=1):
+            self.roots[i] = data
+
+    def _files(self) -> dict[str, bytes]:
+        self.publish()
+        out: dict[str, bytes] = {}
+        for role, data in self.sim.files.items():
+            out[f"{role}.json"] = data
+            out[f"{role}.{hashlib.sha256(data).hexdigest()}.json"] = data
+        for v, data in self.roots.items():
+            out[f"{v}.root.json"] = data
+            out[f"root.{hashlib.sha256(data).hexdigest()}.json"] = data
+        out.update(self.overrides)
+        return out
+
+    async def __call__(self, name: str, max_size: int) -> bytes:
+        self.requests.append((name, max_size))
+        if self.down:
+            raise MetadataUnavailableError("connection refused")
+        files = self._files()
+        if name not in files:
+            raise MetadataNotFoundError(name)
+        data = files[name]
+        if len(data) > max_size:
+            raise HashMismatchError(f"{name} is larger than {max_size} bytes")
+        return data
+
+
+def run(updater: Updater):  # type: ignore[no-untyped-def]
+    return asyncio.run(updater.refresh())
+
+
+@pytest.fixture
+def sim() -> RepoSim:
+    s = RepoSim()
+    s.add_target("v1", b"one")
+    s.delegate("targets/releases", ["rel/"])
+    s.add_target("rel/1", b"r1", role="targets/releases")
+    s.publish()
+    return s
+
+
+def _snapshot_cache(cache: MetadataCache) -> dict[str, bytes | None]:
+    return {
+        r: cache.read(r) for r in ("root", "timestamp", "snapshot", "targets", "targets/releases")
+    }
+
+
+def test_cold_then_warm_start(sim: RepoSim, tmp_path: Path) -> None:
+    server = FakeServer(sim)
+    cache = MetadataCache(tmp_path, sim.gun)
+    result = run(Updater(sim.gun, server, cache))
+    assert set(result.trusted.all_targets()) == {"v1", "rel/1"}
+    names = [n for n, _ in server.requests]
+    assert names[0] == "root.json" and names[1] == "timestamp.json"
+    assert names[2].startswith("snapshot.") and names[3].startswith("targets.")
+    for role in ("root", "timestamp", "snapshot", "targets", "targets/releases"):
+        assert cache.read(role) == sim.files[role]
+    server.requests.clear()
+    run(Updater(sim.gun, server, cache))
+    assert [n for n, _ in server.requests] == ["timestamp.json"]
+
+
+def test_size_limits_requested(sim: RepoSim, tmp_path: Path) -> None:
+    server = FakeServer(sim)
+    run(Updater(sim.gun, server, MetadataCache(tmp_path, sim.gun)))
+    limits = dict(server.requests)
+    assert limits["root.json"] == 100 * 1024 * 1024
+    assert limits["timestamp.json"] == 1024 * 1024
+    snap_name = next(n for n in limits if n.startswith("snapshot."))
+    assert limits[snap_name] == len(sim.files["snapshot"])
+
+
+def test_endless_data_refused(sim: RepoSim, tmp_path: Path) -> None:
+    server = FakeServer(sim)
+    cache = MetadataCache(tmp_path, sim.gun)
+    run(Updater(sim.gun, server, cache))
+    before = _snapshot_cache(cache)
+    sim.add_target("v2", b"two")
+    sim.publish()
+    digest = hashlib.sha256(sim.files["snapshot"]).hexdigest()
+    server.overrides[f"snapshot.{digest}.json"] = sim.files["snapshot"] + b" " * 10_000_000
+    with pytest.raises(TrustError):
+        run(Updater(sim.gun, server, cache))
+    assert _snapshot_cache(cache)["snapshot"] == before["snapshot"]
+
+
+def test_rollback_across_runs_refused(sim: RepoSim, tmp_path: Path) -> None:
+    server = FakeServer(sim)
+    cache = MetadataCache(tmp_path, sim.gun)
+    old_ts = sim.files["timestamp"]
+    sim.add_target("v2", b"two")
+    sim.publish()
+    run(Updater(sim.gun, server, cache))
+    before = _snapshot_cache(cache)
+    server.overrides["timestamp.json"] = old_ts  # replay an older, validly signed timestamp
+    with pytest.raises(RollbackError):
+        run(Updater(sim.gun, server, cache))
+    assert _snapshot_cache(cache) == before
+
+
+def test_freeze_refused_and_offline_uses_valid_cache(sim: RepoSim, tmp_path: Path) -> None:
+    server = FakeServer(sim)
+    cache = MetadataCache(tmp_path, sim.gun)
+    run(Updater(sim.gun, server, cache))
+    later = sim.now + timedelta(days=20)  # the 14-day timestamp is stale by then
+    with pytest.raises(ExpiredError):
+        run(Updater(sim.gun, server, cache, now=later))
+    server.down = True
+    result = run(Updater(sim.gun, server, cache))  # offline, cached timestamp still valid
+    assert result.offline and "v1" in result.trusted.all_targets()
+    with pytest.raises(ExpiredError):
+        run(Updater(sim.gun, server, cache, now=later))
+
+
+def test_mix_and_match_refused_and_cache_kept(sim: RepoSim, tmp_path: Path) -> None:
+    server = FakeServer(sim)
+    cache = MetadataCache(tmp_path, sim.gun)
+    run(Updater(sim.gun, server, cache))
+    before = _snapshot_cache(cache)
+    old_targets = sim.files["targets"]
+    sim.add_target("v2", b"two")
+    sim.publish()
+    digest = hashlib.sha256(sim.files["targets"]).hexdigest()
+    server.overrides[f"targets.{digest}.json"] = old_targets
+    with pytest.raises(HashMismatchError):
+        run(Updater(sim.gun, server, cache))
+    assert cache.read("targets") == before["targets"]
+
+
+def test_unsigned_root_swap_refused(sim: RepoSim, tmp_path: Path) -> None:
+    server = FakeServer(sim)
+    cache = MetadataCache(tmp_path, sim.gun)
+    run(Updater(sim.gun, server, cache))
+    before = _snapshot_cache(cache)
+    evil = RepoSim(gun=sim.gun)
+    evil.add_target("v1", b"malware")
+    evil.root.version = 2
+    evil.sign_root()
+    evil.publish()
+    evil_server = FakeServer(evil)
+    evil_server.roots = {2: evil.files["root"]}
+    with pytest.raises(SignatureError):
+        run(Updater(sim.gun, evil_server, cache))
+    assert _snapshot_cache(cache) == before
+
+
+def test_root_rotations_followed_through_versioned_roots(sim: RepoSim, tmp_path: Path) -> None:
+    server = FakeServer(sim)
+    cache = MetadataCache(tmp_path, sim.gun)
+    run(Updater(sim.gun, server, cache))
+    sim.rotate_root()
+    sim.rotate_root()  # two rotations behind; each signed by its predecessor only
+    sim.signers["timestamp"] = sim.signers["timestamp"]
+    sim.publish()
+    server.requests.clear()
+    result = run(Updater(sim.gun, server, cache))
+    assert result.trusted.root.signed.version == 3
+    names = [n for n, _ in server.requests]
+    assert "2.root.json" in names and "root.json" in names
+    assert Metadata.from_bytes(cache.read("root") or b"").signed.version == 3
+
+
+def test_rotation_skipping_a_link_refused(sim: RepoSim, tmp_path: Path) -> None:
+    server = FakeServer(sim)
+    cache = MetadataCache(tmp_path, sim.gun)
+    run(Updater(sim.gun, server, cache))
+    sim.rotate_root(sign_with_old=False)  # v2 not signed by v1's key
+    sim.rotate_root()
+    sim.publish()
+    # Make the timestamp fail verification under root v1 so recovery runs.
+    from simulator import bare_signing
+
+    new_ts = bare_signing()
+    sim.root.roles["timestamp"].keyids = [new_ts.public.keyid]
+    sim.root.keys[new_ts.public.keyid] = new_ts.public
+    sim.signers["timestamp"] = [new_ts]
+    sim.root.version = 3
+    sim.root_history.pop()
+    sim.sign_root()
+    sim.publish()
+    with pytest.raises(SignatureError):
+        run(Updater(sim.gun, server, cache))
+    assert Metadata.from_bytes(cache.read("root") or b"").signed.version == 1
+
+
+def test_delegation_escape_and_bad_delegation_skipped(tmp_path: Path) -> None:
+    sim = RepoSim()
+    sim.delegate("targets/releases", ["rel/"])
+    sim.delegate("targets/broken", ["b/"])
+    sim.add_target("rel/ok", b"ok", role="targets/releases")
+    sim.add_target("evil/escape", b"x", role="targets/releases")
+    sim.add_target("b/1", b"b", role="targets/broken")
+    sim.publish()
+    from simulator import bare_signing
+
+    sim.signers["targets/broken"] = [bare_signing()]  # now signed by a key nobody delegated to
+    sim.sign_targets("targets/broken")
+    sim.sign_snapshot()
+    sim.sign_timestamp()
+    result = run(Updater(sim.gun, FakeServer(sim), MetadataCache(tmp_path, sim.gun)))
+    assert set(result.trusted.all_targets()) == {"rel/ok"}
+    assert any("targets/broken" in w for w in result.warnings)
+
+
+def test_missing_repository(tmp_path: Path) -> None:
+    sim = RepoSim()
+    server = FakeServer(sim)
+    server.overrides = {}
+    sim.files.clear()
+    sim.root_history.clear()
+    with pytest.raises(RepositoryNotFoundError):
+        run(Updater(sim.gun, server, MetadataCache(tmp_path, sim.gun)))
+
+
+@pytest.mark.parametrize("gun", ["../evil", "/abs", "a//b", "a/./b", ""])
+def test_path_traversal_guns_refused(tmp_path: Path, gun: str) -> None:
+    with pytest.raises(BadGunError):
+        MetadataCache(tmp_path, gun)
