@@ -12,8 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from simulator import RepoSim
 
+from simulator import RepoSim
 from vouch.client.cache import BadGunError, MetadataCache
 from vouch.client.update import (
     MetadataNotFoundError,
