@@ -28,7 +28,7 @@ from prometheus_client import (
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import request_response
 
 from vouch.server.errors import JSON_TYPE, error_response
 from vouch.server.gun import InvalidGunError, check_gun, check_role
@@ -49,7 +49,8 @@ _BY_HASH = re.compile(
 _BY_VERSION = re.compile(r"(?P<version>[1-9]*[0-9]+)\.(?P<role>.+)\.json\Z")
 _CURRENT = re.compile(r"(?P<role>.+)\.json\Z")
 _KEY = re.compile(r"(?P<role>timestamp|snapshot)\.key\Z")
-_ROLE = re.compile(r"root|targets(?:/[^/\s]+)*|snapshot|timestamp\Z")
+_ROLE = re.compile(r"(?:root|targets(?:/[^/\s]+)*|snapshot|timestamp)\Z")
+_GO_INT = re.compile(r"[+-]?[0-9]+\Z")
 MAX_INT32 = 2**31 - 1
 
 
@@ -158,7 +159,12 @@ def build_app(
                 return op, metadata(await service.get_current(gun, role), current=True)
             except NotFoundError:
                 return op, error_response("METADATA_NOT_FOUND", {})
-        return "NotFound", error_response("METADATA_NOT_FOUND")
+        return "NotFound", unrouted(request)
+
+    def unrouted(request: Request) -> Response:
+        # notary-server's catch-all: any request no route matches needs the
+        # catalog scope before it learns that nothing is there.
+        return deny(request, "catalog", None) or error_response("METADATA_NOT_FOUND")
 
     async def post_update(request: Request, gun: str) -> Response:
         if not allowed_gun(gun):
@@ -199,7 +205,7 @@ def build_app(
         return Response(b"", media_type=TEXT_TYPE)
 
     async def dispatch(request: Request) -> Response:
-        path = request.url.path
+        path = _path(request)
         method = request.method
         if path == "/_notary_server/health" and method == "GET":
             return await health()
@@ -212,28 +218,26 @@ def build_app(
         if method not in ("GET", "POST", "DELETE", "PUT", "HEAD"):
             return Response(b"", status_code=405)
         if not path.startswith("/v2/"):
-            return deny(request, "catalog", None) or error_response("METADATA_NOT_FOUND")
+            return unrouted(request)
         rest = path[4:]
         if "/_trust/tuf/" in rest:
             gun, _, name = rest.partition("/_trust/tuf/")
         elif rest.endswith("/_trust/changefeed"):
             gun, name = rest[: -len("/_trust/changefeed")], None
         else:
-            return deny(request, "catalog", None) or error_response("METADATA_NOT_FOUND")
+            return unrouted(request)
         try:
             check_gun(gun)
         except InvalidGunError as exc:
             if method == "POST" and name == "":
                 return error_response("INVALID_GUN", str(exc))
-            return error_response("METADATA_NOT_FOUND")
+            return unrouted(request)
         if name is None:
-            if method != "GET":
-                return error_response("METADATA_NOT_FOUND")
-            if not allowed_gun(gun):
-                return error_response("METADATA_NOT_FOUND")
+            if method != "GET" or not allowed_gun(gun):
+                return unrouted(request)
             return deny(request, "changefeed_gun", gun) or await changefeed(request, gun)
         if not allowed_gun(gun) and not (method == "POST" and name == ""):
-            return error_response("METADATA_NOT_FOUND")
+            return unrouted(request)
         if name == "":
             if method == "POST":
                 return await post_update(request, gun)
@@ -242,13 +246,13 @@ def build_app(
                     return denied
                 await service.delete(gun)
                 return Response(b"", media_type=TEXT_TYPE)
-            return error_response("METADATA_NOT_FOUND")
+            return unrouted(request)
         if method == "POST" and (key := _KEY.match(name)):
             if denied := deny(request, "key_rotate", gun):
                 return denied
             return _key_response(await service.rotate_key(gun, key["role"]))
         if method != "GET":
-            return error_response("METADATA_NOT_FOUND")
+            return unrouted(request)
         _, response = await get_tuf(request, gun, name)
         return response
 
@@ -256,18 +260,12 @@ def build_app(
         params = request.query_params
         raw_records = params.get("records", "")
         try:
-            records = int(raw_records)
-            if abs(records) > MAX_INT32:
-                raise ValueError(raw_records)
-        except ValueError:
-            return error_response(
-                "INVALID_PARAMETERS",
-                f'invalid records parameter: strconv.ParseInt: parsing "{raw_records}": '
-                "invalid syntax",
-            )
+            records = _parse_int32(raw_records)
+        except ValueError as exc:
+            return error_response("INVALID_PARAMETERS", f"invalid records parameter: {exc}")
         raw_id = params.get("change_id", "")
         try:
-            change_id = int(raw_id) if raw_id else 0
+            change_id = _parse_int32(raw_id) if raw_id else 0
         except ValueError:
             return error_response("INVALID_PARAMETERS", {})
         if records == 0:
@@ -313,7 +311,7 @@ def build_app(
         try:
             response = await dispatch(request)
         except StorageError:
-            log.exception("storage failure on %s %s", request.method, request.url.path)
+            log.exception("storage failure on %s %s", request.method, _path(request))
             response = error_response("UNKNOWN", {})
         except SigningUnavailableError as exc:
             response = error_response("UNAVAILABLE", str(exc))
@@ -321,15 +319,35 @@ def build_app(
         metrics.latency.labels(op).observe(time.perf_counter() - start)
         return response
 
-    methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"]
-    app = Starlette(routes=[Route("/{path:path}", endpoint, methods=methods)])
+    # No routes: every path and method reaches dispatch (a route's regex would not
+    # match a path holding a newline, and Starlette's own 405 and 404 carry bodies).
+    app = Starlette()
+    app.router.default = request_response(endpoint)
     app.state.metrics = metrics
     app.state.service = service
     return app
 
 
+def _path(request: Request) -> str:
+    """The percent-decoded path as received. Not ``request.url.path``: that re-parses the
+    path as a URL, which drops tabs and newlines (``a%09b`` would name GUN ``ab``)."""
+    path: str = request.scope["path"]
+    return path
+
+
+def _parse_int32(text: str) -> int:
+    """Go's ``strconv.ParseInt(text, 10, 32)``: ASCII digits, optional sign, nothing else."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    if not _GO_INT.match(text):
+        raise ValueError(f"strconv.ParseInt: parsing {quoted}: invalid syntax")
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 10 or not -MAX_INT32 - 1 <= int(text) <= MAX_INT32:
+        raise ValueError(f"strconv.ParseInt: parsing {quoted}: value out of range")
+    return int(text)
+
+
 def _operation(request: Request) -> str:
-    path = request.url.path
+    path = _path(request)
     if "/_trust/tuf/" not in path:
         return "Changefeed" if path.endswith("/changefeed") else "Other"
     name = path.rsplit("/_trust/tuf/", 1)[1]
@@ -354,7 +372,7 @@ def _well_formed(data: bytes) -> bool:
     """notary-server's MALFORMED_JSON check: parseable, with typed signed members."""
     try:
         doc = loads(data)
-    except FormatError:
+    except (FormatError, ValueError):  # ValueError: an integer literal over 4300 digits
         return False
     signed = doc.get("signed") if isinstance(doc, dict) else None
     if not isinstance(signed, dict):

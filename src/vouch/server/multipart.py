@@ -53,26 +53,29 @@ def parse_update(body: bytes, content_type: str, *, max_parts: int = 1000) -> di
     def on_end() -> None:
         ended.append(True)
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_end": on_end,
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_data": on_part_data,
-        },
-    )
     try:
+        # Inside the try: the constructor refuses boundaries over 256 bytes.
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_end": on_end,
+                "on_part_begin": on_part_begin,
+                "on_header_field": on_header_field,
+                "on_header_value": on_header_value,
+                "on_header_end": on_header_end,
+                "on_part_data": on_part_data,
+            },
+        )
         parser.write(body)
         parser.finalize()
     except MalformedUploadError:
         raise
     except Exception as exc:  # python-multipart raises several error types
         raise MalformedUploadError(f"malformed multipart body: {exc}") from exc
-    if not parts or not ended:
-        raise MalformedUploadError("multipart body is empty or has no closing boundary")
+    if not ended:
+        # Zero parts is valid: notary's `publish` with nothing staged re-signs
+        # only what the server holds (a new snapshot and timestamp).
+        raise MalformedUploadError("multipart body has no closing boundary")
     out: dict[str, bytes] = {}
     for headers, data in parts:
         _, params = parse_options_header(headers.get(b"content-disposition", b""))

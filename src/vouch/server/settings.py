@@ -203,6 +203,27 @@ def from_notary_config(doc: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
+_FILE_FIELDS = {
+    "tls": ("cert_file", "key_file", "client_ca_file"),
+    "auth": ("rootcertbundle",),
+    "keys": ("tls_ca_file", "tls_client_cert", "tls_client_key"),
+}
+
+
+def _relative_to(doc: dict[str, Any], base: Path) -> dict[str, Any]:
+    """File paths in vouch's config are relative to the config file, as in notary's."""
+    out = dict(doc)
+    for section, names in _FILE_FIELDS.items():
+        sub = out.get(section)
+        if isinstance(sub, dict):
+            sub = dict(sub)
+            for name in names:
+                if isinstance(sub.get(name), str):
+                    sub[name] = _resolve(base, sub[name])
+            out[section] = sub
+    return out
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> ServerSettings:
     """Settings from an optional config file (vouch's or notary-server's), then the environment."""
     values: dict[str, Any] = {}
@@ -212,6 +233,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> ServerSe
         if not isinstance(doc, dict):
             raise ValueError(f"{config_file}: the config must be an object")
         base = config_file.resolve().parent
-        values = from_notary_config(doc, base) if is_notary_config(doc) else doc
+        values = from_notary_config(doc, base) if is_notary_config(doc) else _relative_to(doc, base)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return ServerSettings(**values)

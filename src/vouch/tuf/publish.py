@@ -184,9 +184,8 @@ def validate_update(
     bytes (role names already checked by the caller). A ``timestamp`` upload
     is ignored, as notary-server ignores it. Raises :class:`UpdateError`.
     """
+    # An empty update is valid: the server re-signs what it holds.
     uploads = {r: d for r, d in uploads.items() if r != roles.TIMESTAMP}
-    if not uploads:
-        raise UpdateError("ErrValidation", "update contains no metadata")
     parsed = {role: _parse(role, data) for role, data in uploads.items()}
 
     # 1. The root in effect.
