@@ -12,19 +12,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from vouch.client.config import InvalidGunError, check_gun
 from vouch.tuf import roles
 
-
-class BadGunError(ValueError):
-    pass
-
-
-def check_client_gun(gun: str) -> str:
-    if not gun or len(gun) > 255 or gun.startswith("/") or "\\" in gun or "\x00" in gun:
-        raise BadGunError(f"invalid GUN {gun!r}")
-    if any(seg in ("", ".", "..") for seg in gun.split("/")):
-        raise BadGunError(f"invalid GUN {gun!r}: empty, '.' or '..' path segment")
-    return gun
+# One GUN rule for every client path (see vouch.client.config.check_gun).
+BadGunError = InvalidGunError
+check_client_gun = check_gun
 
 
 class MetadataCache:
