@@ -156,6 +156,10 @@ class Updater:
             data = await self.fetch("timestamp.json", MAX_TIMESTAMP_SIZE)
         except (MetadataUnavailableError, MetadataNotFoundError) as exc:
             if cached is None:
+                if isinstance(exc, MetadataNotFoundError):
+                    raise RepositoryNotFoundError(
+                        f"{self.gun} does not have trust data on the server"
+                    ) from exc
                 raise
             self.offline = True
             self.warnings.append(f"using the cached timestamp: {exc}")

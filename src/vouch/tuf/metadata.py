@@ -24,8 +24,25 @@ from vouch.tuf.errors import (
 )
 from vouch.tuf.keys import Key, b64decode, b64encode, verify
 
+
 # Sentinel for "member absent", which Notary distinguishes from null/empty.
-MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
+class _Missing:
+    """Sentinel for an absent member; survives copy and deepcopy as itself."""
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __copy__(self) -> _Missing:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Missing:
+        return self
+
+    def __reduce__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
 
 HASH_ALGORITHMS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 HASH_SIZES = {"sha256": 32, "sha512": 64}

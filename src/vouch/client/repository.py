@@ -1,0 +1,391 @@
+"""The client's Python API: one repository (GUN) on one trust server.
+
+Reads go through :mod:`vouch.client.update` (full TUF verification, local
+cache); writes are staged in notary's changelist and applied, signed and
+uploaded by :meth:`Repository.publish`, as the notary CLI does, so the same
+trust directory can be used by ``notary`` and ``vouch`` alternately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from vouch.client import errors
+from vouch.client.apply import ChangeError, Working, sign_working
+from vouch.client.cache import MetadataCache
+from vouch.client.changelist import (
+    Change,
+    Changelist,
+    DelegationData,
+    RoleData,
+    TargetData,
+    delegation_change,
+    target_change,
+    target_removal,
+    witness_change,
+)
+from vouch.client.remote import Remote
+from vouch.client.update import (
+    MetadataNotFoundError,
+    MetadataUnavailableError,
+    RepositoryNotFoundError,
+    Updater,
+    UpdateResult,
+)
+from vouch.crypto.certs import root_key
+from vouch.crypto.keystore import KeyStore, PassphraseRetriever
+from vouch.crypto.privkey import PrivateKey
+from vouch.tuf import build, roles, timefmt
+from vouch.tuf.errors import TrustError
+from vouch.tuf.keys import Key
+from vouch.tuf.metadata import MISSING, FileMeta, Metadata, Signer, Targets
+from vouch.tuf.pinning import TrustPinning
+from vouch.tuf.trusted import TargetInfo, TrustedSet
+
+__all__ = ["Repository", "RepositoryError", "TargetInfo"]
+
+
+class RepositoryError(TrustError):
+    """An operation that cannot proceed (not initialised, no keys, bad change)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A target as listed: its name, length, sha256 (hex) and signing role."""
+
+    name: str
+    length: int
+    sha256: str
+    role: str
+    custom: object = None
+
+
+def _target(info: TargetInfo) -> Target:
+    digest = info.meta.sha256_hex() or ""
+    custom = None if info.meta.custom is MISSING else info.meta.custom
+    return Target(info.name, info.meta.length, digest, info.role, custom)
+
+
+class Repository:
+    """A GUN on a trust server, with a local trust dir (keys, cache, changelist).
+
+    ``remote`` may be ``None`` for offline staging. Every network method is
+    async; the CLI runs them with :func:`asyncio.run`.
+    """
+
+    def __init__(
+        self,
+        gun: str,
+        remote: Remote | None,
+        trust_dir: Path,
+        *,
+        pinning: TrustPinning | None = None,
+        passphrases: PassphraseRetriever | None = None,
+    ) -> None:
+        self.gun = gun
+        self.remote = remote
+        self.trust_dir = Path(trust_dir)
+        self.cache = MetadataCache(self.trust_dir, gun)
+        self.changelist = Changelist.for_gun(self.trust_dir, gun)
+        self.keys = KeyStore(self.trust_dir, passphrases)
+        self.pinning = pinning or TrustPinning()
+
+    # -- reading -------------------------------------------------------------
+
+    async def _fetch(self, name: str, max_size: int) -> bytes:
+        if self.remote is None:
+            raise MetadataUnavailableError("no trust server configured (offline)")
+        try:
+            return await self.remote.get_metadata(self.gun, name, max_size)
+        except errors.NotFound as exc:
+            raise MetadataNotFoundError(str(exc)) from exc
+        except (errors.ServerUnavailable, errors.Unauthorized) as exc:
+            raise MetadataUnavailableError(str(exc)) from exc
+
+    async def refresh(self, *, now: datetime | None = None) -> UpdateResult:
+        """Fetch and verify the repository; the result holds the trusted set."""
+        return await Updater(
+            self.gun, self._fetch, self.cache, pinning=self.pinning, now=now
+        ).refresh()
+
+    async def list_targets(self, roles_filter: list[str] | None = None) -> list[Target]:
+        trusted = (await self.refresh()).trusted
+        out = [_target(info) for info in trusted.all_targets().values()]
+        if roles_filter:
+            out = [t for t in out if t.role in roles_filter]
+        return sorted(out, key=lambda t: t.name)
+
+    async def lookup(self, name: str) -> Target | None:
+        info = (await self.refresh()).trusted.find_target(name)
+        return _target(info) if info is not None else None
+
+    async def verify(self, name: str, content: bytes) -> Target:
+        """The target ``name`` if ``content`` is exactly what was signed."""
+        info = (await self.refresh()).trusted.find_target(name)
+        if info is None:
+            raise RepositoryError(f"no trust data for target {name!r} in {self.gun}")
+        info.meta.verify(content, name)
+        return _target(info)
+
+    # -- staging (offline) ---------------------------------------------------
+
+    def add_target(
+        self,
+        name: str,
+        content: bytes | None = None,
+        *,
+        length: int | None = None,
+        hashes: dict[str, str] | None = None,
+        custom: bytes | None = None,
+        roles_to: list[str] | None = None,
+    ) -> list[str]:
+        """Stage a target (from its content, or ``length`` + ``hashes`` as ``addhash``)."""
+        if content is not None:
+            data = TargetData.for_bytes(content, custom)
+        elif length is not None and hashes:
+            data = TargetData(length, hashes, custom)
+        else:
+            raise RepositoryError("give the target's content, or its length and hashes")
+        data.to_file_meta()  # refuse bad custom data now, not at publish
+        return [
+            self.changelist.add(target_change(name, data, r)) for r in roles_to or [roles.TARGETS]
+        ]
+
+    def remove_target(self, name: str, *, roles_from: list[str] | None = None) -> list[str]:
+        return [self.changelist.add(target_removal(name, r)) for r in roles_from or [roles.TARGETS]]
+
+    def add_delegation(
+        self,
+        role: str,
+        keys: list[Key],
+        *,
+        paths: list[str] | None = None,
+        all_paths: bool = False,
+        threshold: int = 1,
+    ) -> list[str]:
+        """Stage a delegation (or new keys and paths for an existing one), as
+        ``notary delegation add``: one change for keys, one for paths."""
+        roles.check_delegation_name(role)
+        staged = []
+        if keys:
+            staged.append(
+                self.changelist.add(
+                    delegation_change(
+                        "create", role, DelegationData(threshold=threshold, add_keys=tuple(keys))
+                    )
+                )
+            )
+        wanted = [""] if all_paths else list(paths or [])
+        if wanted:
+            staged.append(
+                self.changelist.add(
+                    delegation_change("create", role, DelegationData(add_paths=tuple(wanted)))
+                )
+            )
+        if not staged:
+            raise RepositoryError("a delegation change needs keys or paths")
+        return staged
+
+    def remove_delegation(
+        self,
+        role: str,
+        *,
+        key_ids: list[str] | None = None,
+        paths: list[str] | None = None,
+        all_paths: bool = False,
+    ) -> str:
+        """Stage removing keys or paths from a delegation, or the whole role."""
+        if not key_ids and not paths and not all_paths:
+            return self.changelist.add(delegation_change("delete", role))
+        data = DelegationData(
+            remove_keys=tuple(key_ids or ()),
+            remove_paths=tuple(paths or ()),
+            clear_paths=all_paths,
+        )
+        return self.changelist.add(delegation_change("update", role, data))
+
+    def purge_delegation_keys(self, key_ids: list[str]) -> str:
+        data = DelegationData(remove_keys=tuple(key_ids))
+        return self.changelist.add(delegation_change("delete", "targets/*", data))
+
+    def witness(self, role: str) -> str:
+        return self.changelist.add(witness_change(role))
+
+    def status(self) -> list[Change]:
+        return self.changelist.list()
+
+    def reset(self) -> None:
+        self.changelist.clear()
+
+    # -- keys ----------------------------------------------------------------
+
+    def _load_or_create(self, role: str, keytype: str = "ecdsa") -> PrivateKey:
+        gun = self.gun if role in (roles.TARGETS, roles.SNAPSHOT) else ""
+        for info in self.keys.list_keys(role=role, gun=gun or None):
+            return self.keys.load(info.keyid)
+        key = PrivateKey.generate(keytype)
+        self.keys.save(key, role, gun)
+        return key
+
+    def _signers(self, role: str, keys: dict[str, Key]) -> list[Signer]:
+        signers: list[Signer] = []
+        for key in keys.values():
+            canonical_id = key.canonical_keyid()
+            if canonical_id in self.keys:
+                signers.append(self.keys.load(canonical_id).signer(key))
+        return signers
+
+    # -- writing -------------------------------------------------------------
+
+    def _remote(self) -> Remote:
+        if self.remote is None:
+            raise RepositoryError("this operation needs a trust server")
+        return self.remote
+
+    async def initialize(
+        self,
+        *,
+        root_key_id: str | None = None,
+        server_managed_snapshot: bool = False,
+        now: datetime | None = None,
+    ) -> None:
+        """``notary init``: keys, root certificate, and root/targets/snapshot v1
+        signed into the local cache; published by the next :meth:`publish`."""
+        now = now or timefmt.now()
+        remote = self._remote()
+        if root_key_id is not None:
+            root_priv = self.keys.load(root_key_id)
+        else:
+            root_priv = self._load_or_create(roles.ROOT)
+        root_pub = root_key(root_priv, self.gun, now=now)
+        targets_priv = self._load_or_create(roles.TARGETS)
+        timestamp_key = await remote.get_key(self.gun, roles.TIMESTAMP)
+        if server_managed_snapshot:
+            snapshot_key = await remote.get_key(self.gun, roles.SNAPSHOT)
+        else:
+            snapshot_key = self._load_or_create(roles.SNAPSHOT).public
+        root = build.root(
+            {
+                roles.ROOT: [root_pub],
+                roles.TARGETS: [targets_priv.public],
+                roles.SNAPSHOT: [snapshot_key],
+                roles.TIMESTAMP: [timestamp_key],
+            },
+            now,
+        )
+        md_root = Metadata(root)
+        md_root.sign(root_priv.signer(root_pub))
+        md_targets: Metadata[Targets] = Metadata(build.targets(now))
+        md_targets.sign(targets_priv.signer())
+        self.cache.clear()
+        self.cache.write(roles.ROOT, md_root.to_bytes())
+        self.cache.write(roles.TARGETS, md_targets.to_bytes())
+        if not server_managed_snapshot:
+            files = {roles.ROOT: md_root.to_bytes(), roles.TARGETS: md_targets.to_bytes()}
+            md_snap = Metadata(build.snapshot(files, now))
+            md_snap.sign(*self._signers(roles.SNAPSHOT, root.role_keys(roles.SNAPSHOT)))
+            self.cache.write(roles.SNAPSHOT, md_snap.to_bytes())
+
+    async def _published_files(self) -> tuple[dict[str, bytes], bool]:
+        """The current trusted files, or the locally initialised ones before the
+        first publish (second value True)."""
+        try:
+            trusted = (await self.refresh()).trusted
+        except RepositoryNotFoundError:
+            files = {}
+            for role in (roles.ROOT, roles.TARGETS, roles.SNAPSHOT):
+                data = self.cache.read(role)
+                if data is not None:
+                    files[role] = data
+            if roles.ROOT not in files or roles.TARGETS not in files:
+                raise RepositoryError(f"{self.gun} is not initialized: run init first") from None
+            return files, True
+        return _files_of(trusted), False
+
+    async def publish(self, *, now: datetime | None = None) -> list[str]:
+        """Apply the changelist, sign what changed, upload it in one request.
+        Returns the roles uploaded; the changelist is cleared on success."""
+        now = now or timefmt.now()
+        remote = self._remote()
+        files, first = await self._published_files()
+        work = Working.from_files(self.gun, files)
+        staged = self.changelist.items()
+        for _name, change in staged:
+            _apply(work, change, now)
+        if first:
+            work.dirty.add(roles.TARGETS)
+        upload = sign_working(work, self._signers, now, include_root=first)
+        await remote.publish(self.gun, upload.files)
+        self.changelist.remove(name for name, _ in staged)
+        return sorted(upload.files)
+
+    async def delete(self, *, remote: bool = False) -> None:
+        """Delete the local trust data (and the server's, with ``remote``)."""
+        if remote:
+            await self._remote().delete(self.gun)
+        self.cache.clear()
+        self.changelist.clear()
+
+    async def rotate_key(self, role: str, *, server_managed: bool = False) -> Key:
+        """Rotate a base role's key and publish a new root listing it."""
+        if role not in (roles.TARGETS, roles.SNAPSHOT, roles.TIMESTAMP):
+            raise RepositoryError("rotate targets, snapshot or timestamp (root: rotate_root)")
+        remote = self._remote()
+        if role == roles.TIMESTAMP or server_managed:
+            new = await remote.rotate_key(self.gun, role)
+        else:
+            priv = PrivateKey.generate("ecdsa")
+            self.keys.save(priv, role, self.gun)
+            new = priv.public
+        self.changelist.add(
+            Change("create", roles.ROOT, "role", "", RoleData(role, (new,)).to_json())
+        )
+        await self.publish()
+        return new
+
+
+def _files_of(trusted: TrustedSet) -> dict[str, bytes]:
+    files = {roles.ROOT: trusted.root_bytes}
+    if trusted.snapshot is not None and trusted.snapshot.raw is not None:
+        files[roles.SNAPSHOT] = trusted.snapshot.raw
+    for role, md in trusted.targets.items():
+        if md.raw is not None:
+            files[role] = md.raw
+    return files
+
+
+def _apply(work: Working, change: Change, now: datetime) -> None:
+    try:
+        if change.type == "target":
+            if change.action == "delete":
+                work.remove_target(change.scope, change.path, now)
+            else:
+                meta: FileMeta = TargetData.from_json(change.data or b"{}").to_file_meta()
+                work.add_target(change.scope, change.path, meta, now)
+        elif change.type == "delegation":
+            data = DelegationData.from_json(change.data) if change.data else DelegationData()
+            if change.scope.endswith("/*"):
+                work.remove_keys_everywhere(list(data.remove_keys))
+            elif change.action == "delete":
+                work.delete_delegation(change.scope)
+            else:
+                work.update_delegation(change.scope, data)
+        elif change.type == "witness":
+            if change.scope not in work.targets:
+                raise ChangeError(f"cannot witness {change.scope}: no such role")
+            work.dirty.add(change.scope)
+        elif change.type == "role":
+            role_data = RoleData.from_json(change.data or b"{}")
+            spec = work.root.roles[role_data.role]
+            spec.keyids = []
+            for key in role_data.keys:
+                work.root.add_key(role_data.role, key)
+            work.dirty.add(roles.ROOT)
+        else:
+            raise ChangeError(f"unknown change type {change.type!r}")
+    except ChangeError:
+        raise
+    except (TrustError, ValueError) as exc:
+        raise ChangeError(f"cannot apply {change.type} change to {change.scope}: {exc}") from exc
