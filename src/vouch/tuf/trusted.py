@@ -345,6 +345,22 @@ class TrustedSet:
                 return self._find_below(name, target)
         return None
 
+    def find_all(self, target: str) -> list[TargetInfo]:
+        """Every role that trustworthily lists ``target``, in walk order.
+
+        Used for signer requirements ("targets/releases must have signed
+        this tag"): delegated paths are honoured, terminating roles are not,
+        since each entry is judged by who signed it.
+        """
+        out = []
+        for name, chain in self.walk():
+            if not all(d.matches(target) for d in chain):
+                continue
+            meta = self.targets[name].signed.targets.get(target)
+            if meta is not None:
+                out.append(TargetInfo(target, meta, name))
+        return out
+
     def _find_below(self, role: str, target: str) -> TargetInfo | None:
         for name, chain in self.walk():
             if name.startswith(role + "/") and all(d.matches(target) for d in chain):

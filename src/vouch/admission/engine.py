@@ -1,0 +1,303 @@
+"""The decision engine: an image, a namespace, the policies → allow or deny.
+
+Shared by the admission webhook and ``vouch policy check``. Trust data is
+fetched and verified by vouch's client (full TUF rules, pinned roots where
+the policy pins them) and cached per (trust server, GUN, pinning) for a
+bounded time, never past the trust data's own expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vouch.admission.match import best_match
+from vouch.admission.policy import (
+    PolicyError,
+    PolicySet,
+    RulePolicy,
+    Signer,
+    TrustPolicy,
+    resolve_signers,
+)
+from vouch.admission.reference import ImageReference, InvalidReferenceError, parse
+from vouch.client.remote import Remote, TLSConfig
+from vouch.client.repository import Repository
+from vouch.tuf import timefmt
+from vouch.tuf.errors import TrustError
+from vouch.tuf.pinning import TrustPinning
+from vouch.tuf.trusted import TargetInfo, TrustedSet
+
+# Where Docker Hub keeps its trust data; other registries must name theirs.
+KNOWN_TRUST_SERVERS = {"docker.io": "https://notary.docker.io", "quay.io": "https://quay.io:443"}
+
+
+@dataclass
+class ImageDecision:
+    image: str
+    allowed: bool
+    reasons: list[str] = field(default_factory=list)
+    digest: str | None = None
+    pinned: str | None = None  # name:tag@sha256:..., when the policy mutates
+    policy: str | None = None
+    mode: str = "enforce"
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "image": self.image,
+            "allowed": self.allowed,
+            "reasons": self.reasons,
+            "digest": self.digest,
+            "pinned": self.pinned,
+            "policy": self.policy,
+            "mode": self.mode,
+            "warnings": self.warnings,
+        }
+
+
+class DenyError(Exception):
+    """A reason to deny (collected into the decision)."""
+
+
+RemoteFactory = Callable[[str, TrustPolicy], Remote]
+
+
+def default_remote(server: str, trust: TrustPolicy) -> Remote:
+    tls: TLSConfig | ssl.SSLContext | None = None
+    if trust.server_ca is not None:
+        ctx = ssl.create_default_context(cadata=trust.server_ca.decode())
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls = ctx
+    return Remote(server, tls=tls)
+
+
+class Engine:
+    def __init__(
+        self,
+        policies: PolicySet,
+        *,
+        cache_dir: Path | None = None,
+        remote_factory: RemoteFactory = default_remote,
+        cache_ttl: float = 30.0,
+        default_trust_server: str | None = None,
+    ) -> None:
+        self.policies = policies
+        self.cache_dir = cache_dir or Path(tempfile.mkdtemp(prefix="vouch-admission-"))
+        self.remote_factory = remote_factory
+        self.cache_ttl = cache_ttl
+        self.default_trust_server = default_trust_server
+        self._remotes: dict[tuple[str, bytes | None], Remote] = {}
+        self._trust: dict[tuple[str, str, str], tuple[float, TrustedSet]] = {}
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[TrustedSet]] = {}
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    async def aclose(self) -> None:
+        for remote in self._remotes.values():
+            await remote.aclose()
+
+    # -- public --------------------------------------------------------------
+
+    async def check(self, image: str, namespace: str | None = None) -> ImageDecision:
+        decision = ImageDecision(image, allowed=False)
+        try:
+            ref = parse(image)
+        except InvalidReferenceError as exc:
+            decision.reasons.append(f"Deny {image!r}: {exc}")
+            return decision
+        match, why = best_match(self.policies.documents, namespace, ref)
+        if match is None:
+            decision.reasons.append(f"Deny {image!r}: {why}")
+            return decision
+        decision.policy = f"{match.document.label} ({match.rule.name})"
+        policy = match.rule.policy
+        if policy is None:
+            decision.allowed = True
+            decision.reasons.append(f"allowed by {decision.policy} without checks")
+            return decision
+        decision.mode = policy.mode
+        try:
+            await self._enforce(ref, policy, namespace, decision)
+        except (DenyError, PolicyError, TrustError) as exc:
+            decision.reasons.append(f"Deny {image!r}: {exc}")
+        except Exception as exc:
+            decision.reasons.append(f"Deny {image!r}: trust data unavailable: {exc}")
+        if not decision.allowed and policy.mode == "audit":
+            decision.warnings = decision.reasons
+            decision.reasons = [f"audit mode: {decision.policy} would deny {image!r}"]
+            decision.allowed = True
+            decision.pinned = None
+        return decision
+
+    # -- enforcement ---------------------------------------------------------
+
+    async def _enforce(
+        self,
+        ref: ImageReference,
+        policy: RulePolicy,
+        namespace: str | None,
+        decision: ImageDecision,
+    ) -> None:
+        if policy.unsupported:
+            raise DenyError(
+                f"policy requires {', '.join(policy.unsupported)}, which vouch does not support"
+            )
+        trust = policy.trust
+        if trust is None or not trust.enabled:
+            decision.allowed = True
+            decision.reasons.append(f"allowed by {decision.policy} (no trust requirement)")
+            return
+        signers = resolve_signers(trust, self.policies, namespace)
+        trusted = await self._trusted(ref, trust)
+        digest = _released_digest(trusted, ref, signers, trust)
+        decision.digest = digest
+        decision.allowed = True
+        decision.reasons.append(f"signed: {ref.name} {ref.tag or 'latest'} → {digest}")
+        if policy.mutate_image:
+            pinned = ImageReference(ref.domain, ref.path, ref.tag, digest)
+            decision.pinned = str(pinned)
+
+    def _server(self, ref: ImageReference, trust: TrustPolicy) -> str:
+        server = (
+            trust.trust_server or KNOWN_TRUST_SERVERS.get(ref.domain) or self.default_trust_server
+        )
+        if not server:
+            raise DenyError(f"no trust server configured for {ref.domain} (set trust.trustServer)")
+        return server
+
+    def _pinning(self, ref: ImageReference, trust: TrustPolicy) -> TrustPinning:
+        if trust.root_key_ids:
+            return TrustPinning(certs={ref.name: list(trust.root_key_ids)}, disable_tofu=True)
+        if trust.root_ca is not None:
+            return TrustPinning(ca={ref.name: trust.root_ca}, disable_tofu=True)
+        return TrustPinning()
+
+    async def _trusted(self, ref: ImageReference, trust: TrustPolicy) -> TrustedSet:
+        server = self._server(ref, trust)
+        pinning = self._pinning(ref, trust)
+        pin_id = hashlib.sha256(repr(pinning).encode()).hexdigest()[:16]
+        key = (server, ref.name, pin_id)
+        hit = self._trust.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            self.cache_hits += 1
+            return hit[1]
+        pending = self._inflight.get(key)
+        if pending is not None:
+            self.cache_hits += 1
+            return await asyncio.shield(pending)
+        self.cache_misses += 1
+        future: asyncio.Future[TrustedSet] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            trusted = await self._fetch(server, ref, trust, pinning, pin_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it, nobody logs "never retrieved"
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        future.set_result(trusted)
+        ttl = self.cache_ttl
+        if trusted.timestamp is not None:
+            left = (trusted.timestamp.signed.expires_at - timefmt.now()).total_seconds()
+            ttl = max(0.0, min(ttl, left))
+        self._trust[key] = (now + ttl, trusted)
+        return trusted
+
+    async def _fetch(
+        self,
+        server: str,
+        ref: ImageReference,
+        trust: TrustPolicy,
+        pinning: TrustPinning,
+        pin_id: str,
+    ) -> TrustedSet:
+        rkey = (server, trust.server_ca)
+        remote = self._remotes.get(rkey)
+        if remote is None:
+            remote = self._remotes[rkey] = self.remote_factory(server, trust)
+        trust_dir = self.cache_dir / hashlib.sha256(server.encode()).hexdigest()[:16] / pin_id
+        repo = Repository(ref.name, remote, trust_dir, pinning=pinning)
+        result = await repo.refresh()
+        return result.trusted
+
+
+def _released_digest(
+    trusted: TrustedSet, ref: ImageReference, signers: tuple[Signer, ...], trust: TrustPolicy
+) -> str:
+    """The digest the trust data signs for this reference, checked against the
+    required signers; raises :class:`DenyError` with the reason otherwise."""
+    if ref.tag is None and ref.digest is not None:
+        hexdigest = ref.digest.removeprefix("sha256:")
+        candidates = [
+            info for info in trusted.all_targets().values() if info.meta.sha256_hex() == hexdigest
+        ]
+        if not candidates:
+            raise DenyError(f"digest {ref.digest} is not signed in {ref.name}")
+        tag = candidates[0].name
+        if signers:
+            _check_signers(trusted, tag, f"sha256:{hexdigest}", signers, trust)
+        return f"sha256:{hexdigest}"
+    tag = ref.tag or "latest"
+    found = trusted.find_target(tag)
+    if found is None:
+        raise DenyError(f"no signed target for tag {tag!r} in {ref.name}")
+    digest = _digest(found)
+    if signers:
+        _check_signers(trusted, tag, digest, signers, trust)
+    if ref.digest is not None and ref.digest != digest:
+        raise DenyError(f"tag {tag!r} is signed for {digest}, not {ref.digest}")
+    return digest
+
+
+def _digest(info: TargetInfo) -> str:
+    hexdigest = info.meta.sha256_hex()
+    if hexdigest is None:
+        raise DenyError(f"target {info.name!r} has no sha256 digest")
+    return f"sha256:{hexdigest}"
+
+
+def _role_key_material(trusted: TrustedSet, role: str) -> set[str]:
+    parent = trusted.targets.get(role.rsplit("/", 1)[0])
+    if parent is None or parent.signed.delegations is None:
+        return set()
+    spec = parent.signed.delegations.role(role)
+    if spec is None:
+        return set()
+    keys = parent.signed.delegations.keys
+    return {keys[k].canonical_keyid() for k in spec.keyids if k in keys}
+
+
+def _check_signers(
+    trusted: TrustedSet, tag: str, digest: str, signers: tuple[Signer, ...], trust: TrustPolicy
+) -> None:
+    entries = {info.role: info for info in trusted.find_all(tag)}
+    satisfied, failures = 0, []
+    for signer in signers:
+        info = entries.get(signer.role)
+        if info is None:
+            failures.append(f"no signature found for role {signer.role}")
+            continue
+        wanted = {k.canonical_keyid() for k in signer.keys}
+        if not wanted & _role_key_material(trusted, signer.role):
+            failures.append(f"{signer.role} is not signed with the pinned key")
+            continue
+        if _digest(info) != digest:
+            failures.append(f"{signer.role} signs {tag!r} for another digest ({_digest(info)})")
+            continue
+        satisfied += 1
+    needed = trust.threshold or len(signers)
+    if satisfied < needed:
+        raise DenyError(
+            f"{satisfied} of {needed} required signers signed {tag!r}: " + "; ".join(failures)
+        )
+
+

@@ -1,0 +1,335 @@
+"""The admission policy engine: references, Portieris matching without its
+bypasses, policy documents, and decisions over real trust data (an in-process
+vouch server, repositories signed with vouch's client)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+
+from server_helpers import make_client
+from vouch.admission.engine import Engine
+from vouch.admission.match import best_match, glob, pattern_matches
+from vouch.admission.policy import PolicyError, load_policies
+from vouch.admission.reference import InvalidReferenceError, parse
+from vouch.client.remote import Remote
+from vouch.client.repository import Repository
+from vouch.crypto.keystore import EnvPassphraseRetriever
+from vouch.crypto.privkey import PrivateKey
+
+PW = {f"NOTARY_{r}_PASSPHRASE": "pw" for r in ("ROOT", "TARGETS", "SNAPSHOT", "DELEGATION")}
+REGISTRY = "registry.example.com:5000"
+
+
+# -- references -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "tag", "match"),
+    [
+        ("nginx", "docker.io/library/nginx", None, "docker.io/library/nginx:latest"),
+        ("nginx:1.25", "docker.io/library/nginx", "1.25", "docker.io/library/nginx:1.25"),
+        ("index.docker.io/me/app:v", "docker.io/me/app", "v", "docker.io/me/app:v"),
+        ("localhost:5000/a/b:c", "localhost:5000/a/b", "c", "localhost:5000/a/b:c"),
+        (f"{REGISTRY}/team/app", f"{REGISTRY}/team/app", None, f"{REGISTRY}/team/app:latest"),
+    ],
+)
+def test_references_normalised(text: str, name: str, tag: str | None, match: str) -> None:
+    ref = parse(text)
+    assert (ref.name, ref.tag, ref.match_string()) == (name, tag, match)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "app/UPPER", "a b", "nginx@sha256:abc", "x" * 300, "nginx@md5:" + "a" * 32, " nginx"],
+)
+def test_invalid_references_refused(bad: str) -> None:
+    with pytest.raises(InvalidReferenceError):
+        parse(bad)
+
+
+# -- matching ---------------------------------------------------------------------
+
+
+def test_glob_semantics() -> None:
+    assert glob("a*c", "abc") and not glob("a*c", "ac")  # * is one or more
+    assert glob("*", "x") and not glob("*", "")
+    assert glob("a.b", "a.b") and not glob("a.b", "axb")  # no regex leaks
+
+
+@pytest.mark.parametrize(
+    ("pattern", "image"),
+    [
+        ("*.trusted.example.com/*", "evil.com/x.trusted.example.com/app:v1"),  # host in path
+        ("registry.example.com/*", "registry.example.com.evil.net/app:v1"),  # longer host
+        ("registry.example.com/*", "registry.example.com:5000/app:v1"),  # another port
+        ("registry.example.com:5000/*", "registry.example.com:5001/app:v1"),
+        ("docker.io/library/*", "docker.io/evil/library/app:v1"),
+    ],
+)
+def test_host_anchored_matching_refuses_bypasses(pattern: str, image: str) -> None:
+    assert not pattern_matches(pattern, image)
+    assert not pattern_matches(pattern + ":*", image)
+
+
+POLICIES = textwrap.dedent(
+    f"""
+    apiVersion: portieris.cloud.ibm.com/v1
+    kind: ClusterImagePolicy
+    metadata: {{name: default}}
+    spec:
+      repositories:
+        - name: "*"
+          policy: {{trust: {{enabled: true, trustServer: "http://vouch.test"}}}}
+        - name: "{REGISTRY}/open/*"
+        - name: "nginx"
+          policy: {{}}
+    ---
+    apiVersion: portieris.cloud.ibm.com/v1
+    kind: ImagePolicy
+    metadata: {{name: team, namespace: team}}
+    spec:
+      repositories:
+        - name: "{REGISTRY}/team/*"
+          policy:
+            trust:
+              enabled: true
+              trustServer: "http://vouch.test"
+              signerSecrets: [{{name: release-signer}}]
+    """
+)
+
+
+def test_portieris_selection_semantics() -> None:
+    ps = load_policies(POLICIES)
+    m, _ = best_match(ps.documents, "other", parse(f"{REGISTRY}/open/tool:1"))
+    assert m is not None and m.rule.name == f"{REGISTRY}/open/*"  # most specific wins
+    m, _ = best_match(ps.documents, "other", parse("nginx:1.25"))
+    assert m is not None and m.rule.name == "nginx"  # normalised, exact name wins
+    # Namespace policies are exclusive: the cluster "*" does not apply in "team".
+    m, why = best_match(ps.documents, "team", parse(f"{REGISTRY}/open/tool:1"))
+    assert m is None and "ImagePolicies in namespace team" in why
+
+
+def test_bad_policy_documents_are_errors() -> None:
+    with pytest.raises(PolicyError):
+        load_policies(
+            "kind: ClusterImagePolicy\napiVersion: portieris.cloud.ibm.com/v1\n"
+            "spec: {repositories: [{}]}"
+        )
+    with pytest.raises(PolicyError):
+        load_policies(
+            "apiVersion: policy.vouch.dev/v1\nkind: ClusterImagePolicy\nspec:\n"
+            "  repositories:\n  - name: x\n    policy: {mode: maybe}"
+        )
+    with pytest.raises(PolicyError):
+        load_policies(": : :")
+
+
+# -- decisions over real trust data ------------------------------------------------
+
+
+class Stack:
+    """An in-process vouch server, a publisher's client, and an engine factory."""
+
+    def __init__(self, tmp: Path) -> None:
+        client, self.service = make_client()
+        self.transport = client._transport
+        assert isinstance(self.transport, httpx.ASGITransport)
+        self.tmp = tmp
+
+    def remote(self, *_: object) -> Remote:
+        return Remote("http://vouch.test", transport=self.transport)
+
+    def repo(self, gun: str, trust: str = "publisher") -> Repository:
+        return Repository(
+            gun, self.remote(), self.tmp / trust, passphrases=EnvPassphraseRetriever(environ=PW)
+        )
+
+    def engine(self, policies: str, **kw: object) -> Engine:
+        return Engine(
+            load_policies(policies), cache_dir=self.tmp / "engine", remote_factory=self.remote, **kw
+        )  # type: ignore[arg-type]
+
+
+MANIFEST_V1 = b'{"schemaVersion":2,"config":"v1"}'
+MANIFEST_V2 = b'{"schemaVersion":2,"config":"v2"}'
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def _publish(stack: Stack, gun: str, *, signer: PrivateKey | None = None) -> Repository:
+    repo = stack.repo(gun)
+    await repo.initialize()
+    await repo.publish()
+    repo.add_target("v1", MANIFEST_V1)
+    await repo.publish()
+    if signer is not None:
+        repo.keys.save(signer, "targets/releases")
+        repo.add_delegation("targets/releases", [signer.public], all_paths=True)
+        await repo.publish()
+        repo.add_target("v1", MANIFEST_V1, roles_to=["targets/releases"])
+        await repo.publish()
+    return repo
+
+
+def _pem(key: PrivateKey) -> str:
+    return (
+        key.obj.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def test_signed_tag_allowed_and_pinned(tmp_path: Path) -> None:
+    async def go() -> None:
+        stack = Stack(tmp_path)
+        await _publish(stack, f"{REGISTRY}/app/web")
+        engine = stack.engine(POLICIES)
+        d = await engine.check(f"{REGISTRY}/app/web:v1", "default")
+        assert d.allowed, d.reasons
+        assert d.digest == _digest(MANIFEST_V1)
+        assert d.pinned == f"{REGISTRY}/app/web:v1@{_digest(MANIFEST_V1)}"
+        unsigned = await engine.check(f"{REGISTRY}/app/web:v2", "default")
+        assert not unsigned.allowed and "no signed target for tag 'v2'" in unsigned.reasons[0]
+        missing = await engine.check(f"{REGISTRY}/app/nothing:v1", "default")
+        assert not missing.allowed
+        # Digest-only: allowed only if that digest is signed.
+        by_digest = await engine.check(f"{REGISTRY}/app/web@{_digest(MANIFEST_V1)}", "default")
+        assert by_digest.allowed and by_digest.digest == _digest(MANIFEST_V1)
+        other = await engine.check(f"{REGISTRY}/app/web@{_digest(b'evil')}", "default")
+        assert not other.allowed and "is not signed" in other.reasons[0]
+        # tag@digest must agree with what the tag is signed for.
+        wrong = await engine.check(f"{REGISTRY}/app/web:v1@{_digest(b'evil')}", "default")
+        assert not wrong.allowed and "not sha256:" in wrong.reasons[0]
+        assert engine.cache_hits >= 1
+        await engine.aclose()
+
+    asyncio.run(go())
+
+
+def test_signer_secrets_and_pinned_keys(tmp_path: Path) -> None:
+    async def go() -> None:
+        stack = Stack(tmp_path)
+        signer = PrivateKey.generate("ecdsa")
+        await _publish(stack, f"{REGISTRY}/team/api", signer=signer)
+
+        def secret_for(key: PrivateKey) -> str:
+            doc = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "release-signer", "namespace": "team"},
+                "stringData": {"name": "releases", "publicKey": _pem(key)},
+            }
+            return "\n---\n" + yaml.safe_dump(doc)
+
+        secret = secret_for(signer)
+        engine = stack.engine(POLICIES + secret)
+        ok = await engine.check(f"{REGISTRY}/team/api:v1", "team")
+        assert ok.allowed, ok.reasons
+        # The same role signed by a key other than the pinned one is refused.
+        impostor = PrivateKey.generate("ecdsa")
+        bad = stack.engine(POLICIES + secret_for(impostor))
+        denied = await bad.check(f"{REGISTRY}/team/api:v1", "team")
+        assert not denied.allowed and "pinned key" in denied.reasons[0]
+
+    asyncio.run(go())
+
+
+def test_tag_resigned_to_another_digest_by_signer_only(tmp_path: Path) -> None:
+    """The required signer signs v1 for one digest, top-level targets for another."""
+
+    async def go() -> None:
+        stack = Stack(tmp_path)
+        signer = PrivateKey.generate("ecdsa")
+        repo = await _publish(stack, f"{REGISTRY}/team/db", signer=signer)
+        repo.add_target("v1", MANIFEST_V2)  # top-level now says v1 is MANIFEST_V2
+        await repo.publish()
+        policy = yaml.safe_dump(
+            {
+                "apiVersion": "policy.vouch.dev/v1",
+                "kind": "ClusterImagePolicy",
+                "metadata": {"name": "strict"},
+                "spec": {
+                    "repositories": [
+                        {
+                            "name": f"{REGISTRY}/team/*",
+                            "policy": {
+                                "trust": {
+                                    "enabled": True,
+                                    "trustServer": "http://vouch.test",
+                                    "signers": [{"name": "releases", "publicKey": _pem(signer)}],
+                                }
+                            },
+                        }
+                    ]
+                },
+            }
+        )
+        d = await stack.engine(policy).check(f"{REGISTRY}/team/db:v1")
+        assert not d.allowed and "another digest" in d.reasons[0]
+
+    asyncio.run(go())
+
+
+def test_pinned_root_refuses_a_different_root_and_audit_mode_warns(tmp_path: Path) -> None:
+    async def go() -> None:
+        stack = Stack(tmp_path)
+        await _publish(stack, f"{REGISTRY}/pinned/app")
+        policy = textwrap.dedent(
+            f"""
+            apiVersion: policy.vouch.dev/v1
+            kind: ClusterImagePolicy
+            metadata: {{name: pinned}}
+            spec:
+              repositories:
+                - name: "{REGISTRY}/pinned/*"
+                  policy:
+                    trust:
+                      enabled: true
+                      trustServer: "http://vouch.test"
+                      rootKeyIDs: ["{"0" * 64}"]
+                - name: "{REGISTRY}/audit/*"
+                  policy:
+                    mode: audit
+                    trust: {{enabled: true, trustServer: "http://vouch.test"}}
+            """
+        )
+        engine = stack.engine(policy)
+        d = await engine.check(f"{REGISTRY}/pinned/app:v1")
+        assert not d.allowed and "trust_pinning" in d.reasons[0]
+        audit = await engine.check(f"{REGISTRY}/audit/unsigned:v1")
+        assert audit.allowed and audit.pinned is None and audit.warnings
+
+    asyncio.run(go())
+
+
+def test_unsupported_portieris_features_fail_closed(tmp_path: Path) -> None:
+    async def go() -> None:
+        stack = Stack(tmp_path)
+        policy = textwrap.dedent(
+            """
+            apiVersion: portieris.cloud.ibm.com/v1
+            kind: ClusterImagePolicy
+            metadata: {name: simple}
+            spec:
+              repositories:
+                - name: "*"
+                  policy: {simple: {requirements: [{type: signedBy, keySecret: gpg}]}}
+            """
+        )
+        d = await stack.engine(policy).check("nginx:1")
+        assert not d.allowed and "not support" in d.reasons[0]
+        none = await stack.engine("").check("nginx:1")
+        assert not none.allowed and "no image policies" in none.reasons[0]
+
+    asyncio.run(go())
