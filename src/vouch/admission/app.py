@@ -1,0 +1,79 @@
+"""The admission webhook's HTTP side: ``POST /admit`` (AdmissionReview v1),
+health, and Prometheus metrics (decisions by result, latency, cache hits)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from vouch.admission.webhook import Reviewer
+
+log = logging.getLogger("vouch.admission")
+MAX_REVIEW_BYTES = 8 * 1024 * 1024
+
+
+def build_admission_app(reviewer: Reviewer) -> Starlette:
+    registry = CollectorRegistry()
+    decisions = Counter(
+        "vouch_admission_decisions", "Admission decisions by result", ["result"], registry=registry
+    )
+    latency = Histogram(
+        "vouch_admission_review_duration_seconds",
+        "Time to answer an AdmissionReview",
+        registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    )
+    cache_hits = Gauge(
+        "vouch_admission_trust_cache_hits", "Trust-data cache hits", registry=registry
+    )
+    cache_misses = Gauge(
+        "vouch_admission_trust_cache_misses", "Trust-data cache misses", registry=registry
+    )
+
+    def observe(reason: str, seconds: float) -> None:
+        decisions.labels(reason).inc()
+        latency.observe(seconds)
+        cache_hits.set(reviewer.engine.cache_hits)
+        cache_misses.set(reviewer.engine.cache_misses)
+
+    reviewer.observe = observe
+
+    async def admit(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_REVIEW_BYTES:
+            return JSONResponse({"error": "AdmissionReview too large"}, status_code=413)
+        try:
+            review = json.loads(body)
+            result = await reviewer.review(review)
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"error": f"bad AdmissionReview: {exc}"}, status_code=400)
+        if not result.allowed:
+            log.info("deny %s: %s", result.uid, "; ".join(result.messages))
+        return JSONResponse(result.response())
+
+    async def health(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/admit", admit, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )
