@@ -13,7 +13,7 @@ import hashlib
 import ssl
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from vouch.admission.policy import (
     resolve_signers,
 )
 from vouch.admission.reference import ImageReference, InvalidReferenceError, parse
+from vouch.client.auth import Credentials, TokenAuth
 from vouch.client.remote import Remote, TLSConfig
 from vouch.client.repository import Repository
 from vouch.tuf import timefmt
@@ -66,16 +67,16 @@ class DenyError(Exception):
     """A reason to deny (collected into the decision)."""
 
 
-RemoteFactory = Callable[[str, TrustPolicy], Remote]
+RemoteFactory = Callable[[str, TrustPolicy, TokenAuth | None], Remote]
 
 
-def default_remote(server: str, trust: TrustPolicy) -> Remote:
+def default_remote(server: str, trust: TrustPolicy, auth: TokenAuth | None = None) -> Remote:
     tls: TLSConfig | ssl.SSLContext | None = None
     if trust.server_ca is not None:
         ctx = ssl.create_default_context(cadata=trust.server_ca.decode())
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         tls = ctx
-    return Remote(server, tls=tls)
+    return Remote(server, tls=tls, auth=auth)
 
 
 class Engine:
@@ -93,7 +94,7 @@ class Engine:
         self.remote_factory = remote_factory
         self.cache_ttl = cache_ttl
         self.default_trust_server = default_trust_server
-        self._remotes: dict[tuple[str, bytes | None], Remote] = {}
+        self._remotes: dict[tuple[str, bytes | None, str], Remote] = {}
         self._trust: dict[tuple[str, str, str], tuple[float, TrustedSet]] = {}
         self._inflight: dict[tuple[str, str, str], asyncio.Future[TrustedSet]] = {}
         self.cache_hits = 0
@@ -105,7 +106,14 @@ class Engine:
 
     # -- public --------------------------------------------------------------
 
-    async def check(self, image: str, namespace: str | None = None) -> ImageDecision:
+    async def check(
+        self,
+        image: str,
+        namespace: str | None = None,
+        credentials: Mapping[str, Credentials] | None = None,
+    ) -> ImageDecision:
+        """Decide for one image. ``credentials`` (registry host → login, from the
+        pod's pull secrets) are offered to the trust server's token service."""
         decision = ImageDecision(image, allowed=False)
         try:
             ref = parse(image)
@@ -124,7 +132,7 @@ class Engine:
             return decision
         decision.mode = policy.mode
         try:
-            await self._enforce(ref, policy, namespace, decision)
+            await self._enforce(ref, policy, namespace, decision, credentials or {})
         except (DenyError, PolicyError, TrustError) as exc:
             decision.reasons.append(f"Deny {image!r}: {exc}")
         except Exception as exc:
@@ -144,6 +152,7 @@ class Engine:
         policy: RulePolicy,
         namespace: str | None,
         decision: ImageDecision,
+        credentials: Mapping[str, Credentials],
     ) -> None:
         if policy.unsupported:
             raise DenyError(
@@ -155,7 +164,7 @@ class Engine:
             decision.reasons.append(f"allowed by {decision.policy} (no trust requirement)")
             return
         signers = resolve_signers(trust, self.policies, namespace)
-        trusted = await self._trusted(ref, trust)
+        trusted = await self._trusted(ref, trust, credentials.get(ref.domain))
         digest = _released_digest(trusted, ref, signers, trust)
         decision.digest = digest
         decision.allowed = True
@@ -179,7 +188,9 @@ class Engine:
             return TrustPinning(ca={ref.name: trust.root_ca}, disable_tofu=True)
         return TrustPinning()
 
-    async def _trusted(self, ref: ImageReference, trust: TrustPolicy) -> TrustedSet:
+    async def _trusted(
+        self, ref: ImageReference, trust: TrustPolicy, login: Credentials | None = None
+    ) -> TrustedSet:
         server = self._server(ref, trust)
         pinning = self._pinning(ref, trust)
         pin_id = hashlib.sha256(repr(pinning).encode()).hexdigest()[:16]
@@ -197,7 +208,7 @@ class Engine:
         future: asyncio.Future[TrustedSet] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            trusted = await self._fetch(server, ref, trust, pinning, pin_id)
+            trusted = await self._fetch(server, ref, trust, pinning, pin_id, login=login)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it, nobody logs "never retrieved"
@@ -219,15 +230,34 @@ class Engine:
         trust: TrustPolicy,
         pinning: TrustPinning,
         pin_id: str,
+        *,
+        login: Credentials | None,
     ) -> TrustedSet:
-        rkey = (server, trust.server_ca)
+        who = (
+            hashlib.sha256(f"{login.username}\0{login.password}".encode()).hexdigest()
+            if login
+            else ""
+        )
+        rkey = (server, trust.server_ca, who)
         remote = self._remotes.get(rkey)
         if remote is None:
-            remote = self._remotes[rkey] = self.remote_factory(server, trust)
+            auth = None
+            if login is not None:
+                auth = TokenAuth(_fixed(login), use_docker_config=False)
+            remote = self._remotes[rkey] = self.remote_factory(server, trust, auth)
         trust_dir = self.cache_dir / hashlib.sha256(server.encode()).hexdigest()[:16] / pin_id
         repo = Repository(ref.name, remote, trust_dir, pinning=pinning)
         result = await repo.refresh()
         return result.trusted
+
+
+def _fixed(login: Credentials) -> Callable[[str], Credentials]:
+    """A credentials callback that always offers one login (a pod's pull secret)."""
+
+    def callback(_url: str) -> Credentials:
+        return login
+
+    return callback
 
 
 def _released_digest(
@@ -299,5 +329,3 @@ def _check_signers(
         raise DenyError(
             f"{satisfied} of {needed} required signers signed {tag!r}: " + "; ".join(failures)
         )
-
-

@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vouch.admission.engine import Engine, ImageDecision
+from vouch.admission.kube import docker_credentials
+from vouch.admission.policy import SecretDocument
+from vouch.client.auth import Credentials
 
 log = logging.getLogger("vouch.admission")
 
@@ -42,6 +45,14 @@ POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
     "Job": ("spec", "template", "spec"),
     "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
 }
+
+
+class SecretSource(Protocol):
+    """Reads pull secrets and service accounts (the webhook's Kubernetes client)."""
+
+    async def secret(self, namespace: str, name: str) -> SecretDocument | None: ...
+
+    async def service_account_pull_secrets(self, namespace: str, name: str) -> list[str]: ...
 
 
 class OwnerLookup(Protocol):
@@ -116,11 +127,13 @@ class Reviewer:
         engine: Engine,
         *,
         owners: OwnerLookup | None = None,
+        secrets: SecretSource | None = None,
         deadline: float = 8.0,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.engine = engine
         self.owners = owners
+        self.secrets = secrets
         self.deadline = deadline
         self.observe = observe
 
@@ -151,7 +164,8 @@ class Reviewer:
             return ReviewResult(uid, True, reason="owner")
         try:
             decisions = await asyncio.wait_for(
-                self._decide({c.image for c in images}, namespace), timeout=self.deadline
+                self._decide({c.image for c in images}, namespace, obj, kind),
+                timeout=self.deadline,
             )
         except TimeoutError:
             return ReviewResult(
@@ -180,10 +194,44 @@ class Reviewer:
             result.reason = "mutated"
         return result
 
-    async def _decide(self, images: set[str], namespace: str | None) -> dict[str, ImageDecision]:
+    async def _decide(
+        self, images: set[str], namespace: str | None, obj: dict[str, Any], kind: str
+    ) -> dict[str, ImageDecision]:
+        creds = await self._credentials(obj, kind, namespace)
         ordered = sorted(images)
-        found = await asyncio.gather(*(self.engine.check(i, namespace) for i in ordered))
+        found = await asyncio.gather(*(self.engine.check(i, namespace, creds) for i in ordered))
         return dict(zip(ordered, found, strict=True))
+
+    async def _credentials(
+        self, obj: dict[str, Any], kind: str, namespace: str | None
+    ) -> dict[str, Credentials]:
+        """Registry logins from the pod's imagePullSecrets, else its service
+        account's, as the kubelet would use them; anonymous when there are none."""
+        if self.secrets is None or namespace is None:
+            return {}
+        spec, _ = pod_spec(obj, kind)
+        spec = spec or {}
+        names = [s.get("name") for s in spec.get("imagePullSecrets") or [] if isinstance(s, dict)]
+        if not names:
+            account = spec.get("serviceAccountName") or "default"
+            try:
+                names = list(await self.secrets.service_account_pull_secrets(namespace, account))
+            except Exception as exc:  # no service account: anonymous
+                log.info("cannot read service account %s/%s: %s", namespace, account, exc)
+                names = []
+        out: dict[str, Credentials] = {}
+        for name in names:
+            if not isinstance(name, str):
+                continue
+            try:
+                secret = await self.secrets.secret(namespace, name)
+            except Exception as exc:  # a missing pull secret is the kubelet's problem too
+                log.info("cannot read pull secret %s/%s: %s", namespace, name, exc)
+                continue
+            if secret is not None:
+                for host, login in docker_credentials(secret).items():
+                    out.setdefault(host, login)
+        return out
 
     async def _owned_by_verified_parent(
         self, obj: dict[str, Any], namespace: str | None, images: list[ContainerImage]
