@@ -37,6 +37,7 @@ def test_policy_check_exit_codes_and_json(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.startswith("ALLOW docker.io/library/nginx") or "ALLOW nginx:1.25" in ok.stdout
@@ -55,6 +56,7 @@ def test_policy_check_exit_codes_and_json(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert bad.returncode == 1
     decisions = {d["image"]: d for d in json.loads(bad.stdout)["decisions"]}

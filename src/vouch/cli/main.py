@@ -1,65 +1,59 @@
-"""The ``vouch`` command."""
+"""The ``vouch`` command: a drop-in for the notary CLI, plus ``vouch server``.
+
+Start-up time matters (every ``docker trust``-style script pays it per call),
+so this module imports nothing but click: commands live in their own modules
+and are imported when they run (or when ``--help`` lists them; those modules
+keep their heavy imports inside the command bodies too).
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import click
 
 from vouch import __version__
-from vouch.selfcheck import run as run_self_check
+from vouch.cli.lazy import VouchGroup
+from vouch.cli.options import GlobalOptions, global_options
+
+#: name -> "module:attribute", in the order ``--help`` lists them.
+COMMANDS: dict[str, str] = {
+    "init": "vouch.cli.repo:init_cmd",
+    "add": "vouch.cli.stage:add_cmd",
+    "addhash": "vouch.cli.stage:addhash_cmd",
+    "remove": "vouch.cli.stage:remove_cmd",
+    "publish": "vouch.cli.repo:publish_cmd",
+    "status": "vouch.cli.stage:status_cmd",
+    "reset": "vouch.cli.stage:reset_cmd",
+    "witness": "vouch.cli.stage:witness_cmd",
+    "list": "vouch.cli.read:list_cmd",
+    "lookup": "vouch.cli.read:lookup_cmd",
+    "verify": "vouch.cli.read:verify_cmd",
+    "delete": "vouch.cli.repo:delete_cmd",
+    "key": "vouch.cli.keys:key_group",
+    "delegation": "vouch.cli.delegations:delegation_group",
+    "cert": "vouch.cli.certs:cert_group",
+    "version": "vouch.cli.server:version_cmd",
+    "server": "vouch.cli.server:server_cmd",
+    "self-check": "vouch.cli.server:self_check_cmd",
+    "policy": "vouch.cli.policy_cmd:policy",
+    "admission": "vouch.cli.admission_cmd:admission",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="vouch")
-def cli() -> None:
-    """vouch: content trust for container images (Notary v1 compatible)."""
-
-
-@cli.command("self-check")
-def self_check() -> None:
-    """Build, sign and verify a repository in memory with every key type."""
-    ok = run_self_check(click.echo)
-    raise SystemExit(0 if ok else 1)
-
-
-@cli.command("server")
-@click.option(
-    "-c",
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="vouch's config (JSON/TOML) or notary-server's JSON config as is.",
+@click.group(
+    cls=VouchGroup,
+    lazy_commands=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-@click.option("--listen", help="host:port to listen on (default 127.0.0.1:4443).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Default .vouch")
-@click.option("--storage", "storage_url", help="Storage URL (default: SQLite in the data dir).")
-@click.option("--plain-http", is_flag=True, default=None, help="Serve without TLS (dev only).")
-def server(
-    config_file: Path | None,
-    listen: str | None,
-    data_dir: Path | None,
-    storage_url: str | None,
-    plain_http: bool | None,
-) -> None:
-    """Run the trust server (a drop-in for notary-server)."""
-    from pydantic import ValidationError
+@click.version_option(__version__, prog_name="vouch")
+@global_options(hidden=False)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """vouch: content trust for container images (Notary v1 compatible).
 
-    from vouch.server.main import run
-    from vouch.server.settings import load_settings
-
-    overrides: dict[str, object] = {
-        "listen": listen,
-        "data_dir": data_dir,
-        "plain_http": plain_http,
-    }
-    try:
-        settings = load_settings(config_file, **overrides)
-        if storage_url:
-            settings.storage.url = storage_url
-    except (ValidationError, ValueError, OSError) as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from exc
-    run(settings, click.echo)
+    The client commands take notary's names, flags and trust directory
+    (~/.notary by default), so vouch and notary can share one.
+    """
+    ctx.ensure_object(GlobalOptions)
 
 
 def main() -> None:

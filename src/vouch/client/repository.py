@@ -22,6 +22,7 @@ from vouch.client.changelist import (
     RoleData,
     TargetData,
     delegation_change,
+    role_change,
     target_change,
     target_removal,
     witness_change,
@@ -248,18 +249,26 @@ class Repository:
         self,
         *,
         root_key_id: str | None = None,
+        root_cert: Key | None = None,
         server_managed_snapshot: bool = False,
         now: datetime | None = None,
     ) -> None:
         """``notary init``: keys, root certificate, and root/targets/snapshot v1
-        signed into the local cache; published by the next :meth:`publish`."""
+        signed into the local cache; published by the next :meth:`publish`.
+
+        ``root_cert`` (``init --rootcert``) is an existing ``*-x509`` root key
+        to use instead of a fresh self-signed certificate; it must certify the
+        root private key.
+        """
         now = now or timefmt.now()
         remote = self._remote()
         if root_key_id is not None:
             root_priv = self.keys.load(root_key_id)
         else:
             root_priv = self._load_or_create(roles.ROOT)
-        root_pub = root_key(root_priv, self.gun, now=now)
+        if root_cert is not None and root_cert.canonical_keyid() != root_priv.keyid:
+            raise RepositoryError(f"the root certificate does not match root key {root_priv.keyid}")
+        root_pub = root_cert or root_key(root_priv, self.gun, now=now)
         targets_priv = self._load_or_create(roles.TARGETS)
         timestamp_key = await remote.get_key(self.gun, roles.TIMESTAMP)
         if server_managed_snapshot:
@@ -343,6 +352,35 @@ class Repository:
             Change("create", roles.ROOT, "role", "", RoleData(role, (new,)).to_json())
         )
         await self.publish()
+        return new
+
+    async def rotate_root(self, *, key_id: str | None = None, now: datetime | None = None) -> Key:
+        """``notary key rotate <gun> root``: a new root key (or the stored ``key_id``)
+        with a new certificate, published at once in a root signed by the old and
+        the new root keys. Staged changes are left staged, as with notary."""
+        now = now or timefmt.now()
+        remote = self._remote()
+        files, first = await self._published_files()
+        if first:
+            raise RepositoryError(f"{self.gun} is not published yet: publish before rotating root")
+        work = Working.from_files(self.gun, files)
+        old_keys = work.root.role_keys(roles.ROOT)
+        if not self._signers(roles.ROOT, old_keys):
+            raise RepositoryError("the current root key is not in this trust dir: cannot rotate")
+        if key_id is not None:
+            priv = self.keys.load(key_id)
+        else:
+            priv = PrivateKey.generate("ecdsa")
+            self.keys.save(priv, roles.ROOT)
+        new = root_key(priv, self.gun, now=now)
+        _apply(work, role_change(roles.ROOT, [new]), now)
+
+        def signers(role: str, keys: dict[str, Key]) -> list[Signer]:
+            # The old root's keys vouch for the new root, the new key for itself.
+            return self._signers(role, {**old_keys, **keys} if role == roles.ROOT else keys)
+
+        upload = sign_working(work, signers, now)
+        await remote.publish(self.gun, upload.files)
         return new
 
 

@@ -71,7 +71,20 @@ async def open_components(
     elif settings.keys.type == "local":
         keys = await open_local_keys(settings, echo)
     else:
-        raise SystemExit("the remote signer comes with the signer issue; use keys.type local")
+        from vouch.keyservice.remote import RemoteKeyService
+
+        k = settings.keys
+        try:
+            keys = RemoteKeyService(
+                k.hostname,
+                k.port,
+                ca_file=k.tls_ca_file,
+                cert_file=k.tls_client_cert,
+                key_file=k.tls_client_key,
+            )
+        except (ValueError, OSError) as exc:
+            await store.close()
+            raise SystemExit(f"keys.type remote: {exc}") from None
     return store, keys
 
 
