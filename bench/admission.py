@@ -1,0 +1,198 @@
+"""Admission webhook benchmark (not a test): decisions/s and p50/p99 latency.
+
+A real `vouch server` process (plain HTTP on loopback, SQLite) holds signed
+repositories; the webhook's ASGI app answers AdmissionReviews in process, so
+the figures are the webhook's own work plus real trust-server round trips.
+
+Scenarios: pods with 1 and with 10 distinct images, warm (trust data cached)
+and cold (a fresh engine and trust cache for every review: one trust-server
+round trip per distinct repository, four files on first contact).
+
+    .venv/bin/python bench/admission.py [--reviews N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from vouch.admission.app import build_admission_app
+from vouch.admission.engine import Engine
+from vouch.admission.policy import load_policies
+from vouch.admission.webhook import Reviewer
+from vouch.client.remote import Remote
+from vouch.client.repository import Repository
+from vouch.crypto.keystore import EnvPassphraseRetriever
+
+PW = {f"NOTARY_{r}_PASSPHRASE": "pw" for r in ("ROOT", "TARGETS", "SNAPSHOT", "DELEGATION")}
+REGISTRY = "registry.example.com"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    vouch = str(Path(sys.executable).with_name("vouch"))
+    proc = subprocess.Popen(
+        [
+            vouch,
+            "server",
+            "--plain-http",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(work / "data"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "VOUCH_LOG_LEVEL": "warning"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for _ in range(300):
+        try:
+            with opener.open(f"{url}/_notary_server/health", timeout=1):
+                return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("vouch server did not start")
+
+
+async def publish(url: str, trust: Path, repos: int) -> None:
+    async with Remote(url, trust_env=False) as remote:
+        for i in range(repos):
+            repo = Repository(
+                f"{REGISTRY}/bench/app{i}",
+                remote,
+                trust,
+                passphrases=EnvPassphraseRetriever(environ=PW),
+            )
+            await repo.initialize()
+            await repo.publish()
+            repo.add_target("v1", f"manifest {i}".encode())
+            await repo.publish()
+
+
+def review(images: list[str], uid: str) -> dict[str, Any]:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "default"},
+        "spec": {"containers": [{"name": f"c{i}", "image": im} for i, im in enumerate(images)]},
+    }
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "namespace": "default",
+            "operation": "CREATE",
+            "object": pod,
+        },
+    }
+
+
+async def run(url: str, images: list[str], n: int, *, cold: bool, cache: Path) -> list[float]:
+    policies = load_policies(
+        json.dumps(
+            {
+                "apiVersion": "portieris.cloud.ibm.com/v1",
+                "kind": "ClusterImagePolicy",
+                "metadata": {"name": "bench"},
+                "spec": {
+                    "repositories": [
+                        {
+                            "name": f"{REGISTRY}/*",
+                            "policy": {"trust": {"enabled": True, "trustServer": url}},
+                        }
+                    ]
+                },
+            }
+        )
+    )
+
+    def make() -> tuple[Engine, httpx.AsyncClient]:
+        d = Path(tempfile.mkdtemp(dir=cache))
+        engine = Engine(
+            policies, cache_dir=d, remote_factory=lambda s, t, a: Remote(s, auth=a, trust_env=False)
+        )
+        app = build_admission_app(Reviewer(engine))
+        return engine, httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="https://webhook"
+        )
+
+    engine, client = make()
+    body = review(images, "warmup")
+    await client.post("/admit", json=body)  # warm-up (and first contact)
+    times = []
+    for i in range(n):
+        if cold:
+            await engine.aclose()
+            await client.aclose()
+            engine, client = make()
+        t0 = time.perf_counter()
+        resp = await client.post("/admit", json=review(images, f"u{i}"))
+        times.append(time.perf_counter() - t0)
+        if not resp.json()["response"]["allowed"]:
+            raise SystemExit(f"unexpected denial: {resp.text}")
+    await engine.aclose()
+    await client.aclose()
+    return times
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--reviews", type=int, default=300)
+    args = ap.parse_args()
+    cpu = platform.processor() or platform.machine()
+    print(f"machine  {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    work = Path(tempfile.mkdtemp(prefix="vouch-bench-adm-"))
+    proc, url = start_server(work)
+    try:
+        asyncio.run(publish(url, work / "publisher", 10))
+        print(f"{'scenario':<28}{'reviews':>8}{'decisions/s':>13}{'p50 ms':>9}{'p99 ms':>9}")
+        for label, images in (
+            ("1 image", [f"{REGISTRY}/bench/app0:v1"]),
+            ("10 images", [f"{REGISTRY}/bench/app{i}:v1" for i in range(10)]),
+        ):
+            for cold in (False, True):
+                n = args.reviews if not cold else max(20, args.reviews // 10)
+                times = asyncio.run(run(url, images, n, cold=cold, cache=work))
+                rate = len(times) / sum(times)
+                name = f"{label}, {'cold' if cold else 'warm'}"
+                p50, p99 = pct(times, 0.5), pct(times, 0.99)
+                print(f"{name:<28}{len(times):>8}{rate:>13.0f}{p50:>9.2f}{p99:>9.2f}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
