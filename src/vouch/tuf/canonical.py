@@ -47,6 +47,8 @@ _HTML_ESCAPES = (
 
 
 def _parse_int(text: str) -> int:
+    if len(text) > 20:  # far beyond 2^53; also keeps int() off huge digit strings
+        raise FormatError(f"integer {text[:20]}... is outside the range Notary can verify (2^53)")
     value = int(text)
     if abs(value) > MAX_SAFE_INT:
         raise FormatError(f"integer {text} is outside the range Notary can verify (2^53)")

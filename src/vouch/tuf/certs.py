@@ -66,7 +66,21 @@ def check_cert(cert: x509.Certificate, now: datetime, *, check_expiry: bool) -> 
 
 
 def check_root_key(key: Key, gun: str, now: datetime, *, check_expiry: bool = True) -> None:
-    """Raise :class:`CertificateError` unless ``key`` is a valid root key for ``gun``."""
+    """Raise :class:`CertificateError` unless ``key`` is a valid root key for ``gun``.
+
+    Certificates are attacker-supplied bytes: any parsing failure inside
+    ``cryptography`` (unknown curve, bad version, duplicate extension...) is a
+    refusal, never a crash.
+    """
+    try:
+        _check_root_key(key, gun, now, check_expiry=check_expiry)
+    except CertificateError:
+        raise
+    except Exception as exc:
+        raise CertificateError(f"root key {key.keyid}: unusable certificate: {exc}") from exc
+
+
+def _check_root_key(key: Key, gun: str, now: datetime, *, check_expiry: bool) -> None:
     if not key.is_x509:
         raise CertificateError(
             f"root key {key.keyid} is a bare {key.keytype} key, not a certificate"

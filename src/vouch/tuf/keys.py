@@ -152,8 +152,10 @@ def _load_certs(public: str) -> tuple[x509.Certificate, ...]:
     pem = b64decode(public, "certificate")
     try:
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
-        raise FormatError(f"x509 key does not hold PEM certificates: {exc}") from exc
+        for cert in certs:
+            cert.public_key()  # unsupported or garbled keys fail here, not later
+    except (ValueError, UnsupportedAlgorithm, TypeError) as exc:
+        raise FormatError(f"x509 key does not hold usable PEM certificates: {exc}") from exc
     if not certs:
         raise FormatError("x509 key holds no certificate")
     return tuple(certs)
