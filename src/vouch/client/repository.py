@@ -421,6 +421,8 @@ def _apply(work: Working, change: Change, now: datetime) -> None:
             for key in role_data.keys:
                 work.root.add_key(role_data.role, key)
             work.dirty.add(roles.ROOT)
+            if role_data.role == roles.TARGETS:
+                work.dirty.add(roles.TARGETS)  # re-sign it with the new key, as notary does
         else:
             raise ChangeError(f"unknown change type {change.type!r}")
     except ChangeError:
