@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vouch.admission.kube import docker_credentials
 from vouch.admission.match import best_match
 from vouch.admission.policy import (
     PolicyError,
@@ -164,7 +165,14 @@ class Engine:
             decision.reasons.append(f"allowed by {decision.policy} (no trust requirement)")
             return
         signers = resolve_signers(trust, self.policies, namespace)
-        trusted = await self._trusted(ref, trust, credentials.get(ref.domain))
+        login = credentials.get(ref.domain)
+        if trust.credentials_secret:
+            # The policy's own registry login wins over the pod's pull secrets.
+            secret = self.policies.secret(trust.credentials_secret, namespace)
+            if secret is None:
+                raise DenyError(f"credentials secret {trust.credentials_secret} not found")
+            login = docker_credentials(secret).get(ref.domain, login)
+        trusted = await self._trusted(ref, trust, login)
         digest = _released_digest(trusted, ref, signers, trust)
         decision.digest = digest
         decision.allowed = True

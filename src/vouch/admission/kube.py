@@ -22,6 +22,7 @@ import httpx
 from vouch.admission.policy import (
     PORTIERIS_API,
     VOUCH_API,
+    PolicyDocument,
     PolicyError,
     PolicySet,
     SecretDocument,
@@ -115,8 +116,14 @@ class KubeClient:
                         out.documents.append(parse_policy(item))
                     except PolicyError as exc:
                         # A broken policy must not widen access: keep it as an
-                        # empty rule set, which denies what it would have matched.
-                        log.error("ignoring invalid %s: %s", kind, exc)
+                        # empty rule set (a namespace's only ImagePolicy still
+                        # makes the cluster policies not apply, and matches nothing).
+                        log.error("invalid %s kept as deny-all: %s", kind, exc)
+                        meta = item.get("metadata") or {}
+                        namespace = meta.get("namespace") if kind == "ImagePolicy" else None
+                        out.documents.append(
+                            PolicyDocument(api, kind, meta.get("name", "?"), namespace, ())
+                        )
         wanted: set[tuple[str, str]] = set()
         for doc in out.documents:
             for rule in doc.repositories:
@@ -126,6 +133,8 @@ class KubeClient:
                 for signer in trust.signers:
                     if signer.secret:
                         wanted.add((doc.namespace or "", signer.secret))
+                if trust.credentials_secret:
+                    wanted.add((doc.namespace or "", trust.credentials_secret))
         for namespace, name in sorted(wanted):
             if namespace:
                 secret = await self.secret(namespace, name)
