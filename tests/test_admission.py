@@ -276,7 +276,21 @@ def test_tag_resigned_to_another_digest_by_signer_only(tmp_path: Path) -> None:
             }
         )
         d = await stack.engine(policy).check(f"{REGISTRY}/team/db:v1")
-        assert not d.allowed and "another digest" in d.reasons[0]
+        # The release is targets/releases' digest (docker pull's rule): the
+        # required signer's digest is pinned, never the one top-level re-signed.
+        assert d.allowed and d.digest == _digest(MANIFEST_V1)
+        # A second required signer that signs v1 for another digest denies.
+        qa = PrivateKey.generate("ecdsa")
+        repo.keys.save(qa, "targets/qa")
+        repo.add_delegation("targets/qa", [qa.public], all_paths=True)
+        await repo.publish()
+        repo.add_target("v1", MANIFEST_V2, roles_to=["targets/qa"])
+        await repo.publish()
+        doc = yaml.safe_load(policy)
+        trust = doc["spec"]["repositories"][0]["policy"]["trust"]
+        trust["signers"].append({"name": "qa", "publicKey": _pem(qa)})
+        denied = await stack.engine(yaml.safe_dump(doc)).check(f"{REGISTRY}/team/db:v1")
+        assert not denied.allowed and "another digest" in denied.reasons[0]
 
     asyncio.run(go())
 

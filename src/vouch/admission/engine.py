@@ -268,24 +268,38 @@ def _fixed(login: Credentials) -> Callable[[str], Credentials]:
     return callback
 
 
+RELEASE_ROLES = ("targets/releases", "targets")
+
+
 def _released_digest(
     trusted: TrustedSet, ref: ImageReference, signers: tuple[Signer, ...], trust: TrustPolicy
 ) -> str:
-    """The digest the trust data signs for this reference, checked against the
-    required signers; raises :class:`DenyError` with the reason otherwise."""
+    """The digest the trust data releases for this reference, checked against
+    the required signers; raises :class:`DenyError` with the reason otherwise.
+
+    As ``docker pull`` with content trust does, the release is what
+    ``targets/releases`` signs, else what ``targets`` signs; other delegations
+    count only when a policy names them as required signers.
+    """
+    counted = set(RELEASE_ROLES) | {s.role for s in signers}
     if ref.tag is None and ref.digest is not None:
         hexdigest = ref.digest.removeprefix("sha256:")
         candidates = [
-            info for info in trusted.all_targets().values() if info.meta.sha256_hex() == hexdigest
+            entry
+            for name in trusted.all_targets()
+            for entry in trusted.find_all(name)
+            if entry.role in counted and entry.meta.sha256_hex() == hexdigest
         ]
         if not candidates:
             raise DenyError(f"digest {ref.digest} is not signed in {ref.name}")
-        tag = candidates[0].name
         if signers:
-            _check_signers(trusted, tag, f"sha256:{hexdigest}", signers, trust)
+            _check_signers(trusted, candidates[0].name, f"sha256:{hexdigest}", signers, trust)
         return f"sha256:{hexdigest}"
     tag = ref.tag or "latest"
-    found = trusted.find_target(tag)
+    entries = {info.role: info for info in trusted.find_all(tag)}
+    found = next((entries[r] for r in RELEASE_ROLES if r in entries), None)
+    if found is None and signers:
+        found = next((entries[s.role] for s in signers if s.role in entries), None)
     if found is None:
         raise DenyError(f"no signed target for tag {tag!r} in {ref.name}")
     digest = _digest(found)
@@ -303,15 +317,27 @@ def _digest(info: TargetInfo) -> str:
     return f"sha256:{hexdigest}"
 
 
-def _role_key_material(trusted: TrustedSet, role: str) -> set[str]:
+def _signing_key_material(trusted: TrustedSet, role: str) -> set[str]:
+    """The keys (by bare key ID) that actually signed ``role``'s metadata.
+
+    Being *listed* for the role is not enough: with a threshold of 1 any
+    listed key can sign alone, so a pinned signer is satisfied only by its
+    own valid signature.
+    """
+    md = trusted.targets.get(role)
     parent = trusted.targets.get(role.rsplit("/", 1)[0])
-    if parent is None or parent.signed.delegations is None:
+    if md is None or parent is None or parent.signed.delegations is None:
         return set()
     spec = parent.signed.delegations.role(role)
     if spec is None:
         return set()
     keys = parent.signed.delegations.keys
-    return {keys[k].canonical_keyid() for k in spec.keyids if k in keys}
+    listed = {k: keys[k] for k in spec.keyids if k in keys}
+    try:
+        signed = md.verified_keyids(listed, 1, role)
+    except TrustError:
+        return set()
+    return {listed[k].canonical_keyid() for k in signed}
 
 
 def _check_signers(
@@ -325,7 +351,7 @@ def _check_signers(
             failures.append(f"no signature found for role {signer.role}")
             continue
         wanted = {k.canonical_keyid() for k in signer.keys}
-        if not wanted & _role_key_material(trusted, signer.role):
+        if not wanted & _signing_key_material(trusted, signer.role):
             failures.append(f"{signer.role} is not signed with the pinned key")
             continue
         if _digest(info) != digest:
