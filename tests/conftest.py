@@ -7,6 +7,7 @@ is the slow part of the interop tests.  Under pytest-xdist every worker builds i
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# grpcio's fork support can abort children spawned with preexec_fn (grpc#43055),
+# which is how the harnesses start notary-server and notary-signer.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from notary_harness import (
     Corpus,

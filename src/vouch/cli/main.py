@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "self-check": "vouch.cli.server:self_check_cmd",
     "policy": "vouch.cli.policy_cmd:policy",
     "admission": "vouch.cli.admission_cmd:admission",
+    "signer": "vouch.cli.signer_cmd:signer",
 }
 
 

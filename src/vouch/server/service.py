@@ -214,16 +214,22 @@ class TrustService:
     async def get_key(self, gun: str, role: str) -> Key:
         """``GET <role>.key``: a key of root's role the service holds, or a new one."""
         root = await self.store.get_current(gun, roles.ROOT)
-        if root is not None:
-            root_md: Metadata[Root] = Metadata.from_bytes(root.data, Root)
-            for kid in signing_keyids(root_md.signed, role):
-                key = await self.keys.public_key(kid)
-                if key is not None:
-                    return key
-        return await self.keys.create_key(gun, role, self.key_algorithm)
+        try:
+            if root is not None:
+                root_md: Metadata[Root] = Metadata.from_bytes(root.data, Root)
+                for kid in signing_keyids(root_md.signed, role):
+                    key = await self.keys.public_key(kid)
+                    if key is not None:
+                        return key
+            return await self.keys.create_key(gun, role, self.key_algorithm)
+        except Exception as exc:  # the key service is down or refuses: 503, not 500
+            raise SigningUnavailableError(f"key service: {exc}") from exc
 
     async def rotate_key(self, gun: str, role: str) -> Key:
-        return await self.keys.rotate_key(gun, role, self.key_algorithm)
+        try:
+            return await self.keys.rotate_key(gun, role, self.key_algorithm)
+        except Exception as exc:
+            raise SigningUnavailableError(f"key service: {exc}") from exc
 
     # -- writes --------------------------------------------------------------
 
