@@ -1,9 +1,12 @@
-"""One storage test suite, run against every backend: memory, SQLite, PostgreSQL, MariaDB.
+"""One storage test suite, run against every backend: memory, SQLite, PostgreSQL, MariaDB,
+CouchDB.
 
-PostgreSQL and MariaDB are the machine's real servers (.ci/run starts them).
-Each pytest worker creates its own uniquely named database on each server and
-drops it at the end; every test starts from empty tables. A server that cannot
-be reached FAILS its tests: a skipped storage suite would look like a green one.
+PostgreSQL and MariaDB are the machine's real servers, CouchDB is PouchDB Server
+(CouchDB's HTTP API; tests/couchdb_harness.py) on 127.0.0.1:5984 (.ci/run starts
+them all). Each pytest worker creates its own uniquely named database on each SQL
+server and drops it at the end; every test starts from empty tables. On CouchDB
+every test gets a new database of its own. A server that cannot be reached FAILS
+its tests: a skipped storage suite would look like a green one.
 
 The concurrency tests are the point of this file: publishers on several store
 instances (separate engines and pools, and separate OS processes) must produce a
@@ -30,6 +33,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import couchdb_harness
 from vouch.storage import (
     MetadataStore,
     NewFile,
@@ -43,8 +47,10 @@ from vouch.storage.urls import go_duration, mysql_ssl, pg_ssl, translate
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 MY = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
-BACKENDS = ["memory", "sqlite", "postgresql", "mariadb"]
+BACKENDS = ["memory", "sqlite", "postgresql", "mariadb", "couchdb"]
 SQL_BACKENDS = ["sqlite", "postgresql", "mariadb"]
+#: Backends several processes can share.
+SHARED_BACKENDS = [*SQL_BACKENDS, "couchdb"]
 TABLES = ("tuf_current", "tuf_files", "changefeed", "repositories")
 ROLES = ("targets", "snapshot", "timestamp")
 
@@ -150,9 +156,24 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return _fresh_url(request, tmp_path, request.param)
 
 
+@pytest.fixture(params=SHARED_BACKENDS)
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return _fresh_url(request, tmp_path, request.param)
+
+
+def _couch_url(request: pytest.FixtureRequest) -> str:
+    """A new database on the CouchDB-protocol server, dropped after the test."""
+    couchdb_harness.require_couch()
+    name = couchdb_harness.new_db_name()
+    request.addfinalizer(lambda: couchdb_harness.drop_db(name))
+    return couchdb_harness.store_url(name)
+
+
 def _fresh_url(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> str:
     if backend == "memory":
         return "memory"
+    if backend == "couchdb":
+        return _couch_url(request)
     if backend == "sqlite":
         return f"sqlite:///{tmp_path}/vouch.db"
     wipe = [f"DELETE FROM {t}" for t in TABLES]
@@ -669,8 +690,9 @@ def _mp_publisher(job: tuple[str, str, str, int], barrier: Any, out: Any) -> Non
         raise
 
 
-def test_two_processes_one_gun(sql_url: str) -> None:
+def test_two_processes_one_gun(shared_url: str) -> None:
     """Two OS processes publishing one GUN on one database: no gaps, no forks, no lost update."""
+    sql_url = shared_url
     asyncio.run(_init(sql_url))
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(2), ctx.Queue()
@@ -814,11 +836,15 @@ def test_open_without_schema_fails_then_migrate(tmp_path: Path) -> None:
     asyncio.run(works())
 
 
-@pytest.mark.parametrize("backend", SQL_BACKENDS)
-def test_concurrent_first_open_migrates_once(backend: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", SHARED_BACKENDS)
+def test_concurrent_first_open_migrates_once(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Several instances starting at once on an empty database: one migrates, all work."""
     name = _db_name()
-    if backend == "sqlite":
+    if backend == "couchdb":
+        url = _couch_url(request)  # not created yet: the stores create it
+    elif backend == "sqlite":
         url = f"sqlite:///{tmp_path}/m.db"
     elif backend == "postgresql":
         _pg_create(name)

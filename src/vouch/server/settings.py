@@ -164,6 +164,12 @@ def from_notary_config(doc: dict[str, Any], base: Path) -> dict[str, Any]:
     elif backend in ("postgres", "mysql"):
         url = storage.get("db_url", "")
         out["storage"] = {"url": url}
+    elif backend == "couchdb":
+        # https://user:pass@host:6984/ (database "vouch") or …/<database>; see
+        # docs/deploy/couchdb.md. Required: an empty URL would silently mean SQLite.
+        if not storage.get("db_url"):
+            raise ValueError("storage.db_url is required for the couchdb backend")
+        out["storage"] = {"url": storage["db_url"]}
     else:
         raise ValueError(f"storage backend {backend!r} is not supported by vouch")
     trust = doc.get("trust_service", {})

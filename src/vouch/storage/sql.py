@@ -345,6 +345,10 @@ async def open_store(url: str, *, create: bool = True) -> MetadataStore:
     """
     if url.strip() == "memory":
         return MemoryStore()
+    from vouch.storage.couchdb import is_couch_url, open_couch_store  # noqa: PLC0415  (httpx)
+
+    if is_couch_url(url):
+        return await open_couch_store(url, create=create)
     target = translate(url)
     if create:
         _make_sqlite_dir(target)
