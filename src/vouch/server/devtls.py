@@ -36,12 +36,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from vouch.crypto.x509build import cert_builder, key_usage
+
 log = logging.getLogger(__name__)
 
 CA_VALIDITY: Final = timedelta(days=3650)
 SERVER_VALIDITY: Final = timedelta(days=365)
 RENEW_WITHIN: Final = timedelta(days=30)
-BACKDATE: Final = timedelta(minutes=5)  # tolerate clients whose clock is a little behind
 DEFAULT_URL: Final = "https://localhost:4443"
 _LABEL: Final = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
 _DNS_NAME: Final = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
@@ -280,9 +281,9 @@ def _new_ca(now: datetime, host: str) -> tuple[x509.Certificate, ec.EllipticCurv
     )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
-        _builder(name, name, key.public_key(), now, CA_VALIDITY)
+        cert_builder(name, name, key.public_key(), now, CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(key_usage(ca=True), critical=True)
         .add_extension(ski, critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -302,10 +303,10 @@ def _new_server(
             sans.append(x509.DNSName(n))
     ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
-        _builder(subject, ca.subject, key.public_key(), now, SERVER_VALIDITY)
+        cert_builder(subject, ca.subject, key.public_key(), now, SERVER_VALIDITY)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -314,39 +315,6 @@ def _new_server(
         .sign(ca_key, hashes.SHA256())
     )
     return cert, key
-
-
-def _builder(
-    subject: x509.Name,
-    issuer: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
-    now: datetime,
-    validity: timedelta,
-) -> x509.CertificateBuilder:
-    start = now.replace(microsecond=0) - BACKDATE
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + BACKDATE + validity)
-    )
-
-
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 # -- serving ------------------------------------------------------------------

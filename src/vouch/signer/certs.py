@@ -26,9 +26,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from vouch.crypto.x509build import cert_builder, key_usage
+
 CA_VALIDITY: Final = timedelta(days=3650)
 LEAF_VALIDITY: Final = timedelta(days=825)
-BACKDATE: Final = timedelta(minutes=5)
 DEFAULT_SIGNER_NAMES: Final = ("localhost", "127.0.0.1", "::1")
 
 
@@ -62,9 +63,9 @@ class CA:
             ]
         )
         cert = (
-            _builder(subject, subject, key.public_key(), now, CA_VALIDITY)
+            cert_builder(subject, subject, key.public_key(), now, CA_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_usage(ca=True), critical=True)
+            .add_extension(key_usage(ca=True), critical=True)
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
@@ -94,9 +95,9 @@ class CA:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         ca_ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         builder = (
-            _builder(subject, self.cert.subject, key.public_key(), now, validity)
+            cert_builder(subject, self.cert.subject, key.public_key(), now, validity)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_usage(ca=False), critical=True)
+            .add_extension(key_usage(ca=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
@@ -172,39 +173,6 @@ def _sans(names: Iterable[str]) -> x509.SubjectAlternativeName:
         except ValueError:
             out.append(x509.DNSName(name))
     return x509.SubjectAlternativeName(out)
-
-
-def _builder(
-    subject: x509.Name,
-    issuer: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
-    now: datetime,
-    validity: timedelta,
-) -> x509.CertificateBuilder:
-    start = now.replace(microsecond=0) - BACKDATE
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + BACKDATE + validity)
-    )
-
-
-def _usage(*, ca: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=ca,
-        crl_sign=ca,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 __all__ = ["CA", "MTLSBundle", "issue_mtls_bundle", "write_pair"]
