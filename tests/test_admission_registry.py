@@ -622,7 +622,7 @@ def test_rolled_back_trust_data_is_denied(world: World, tmp_path: Path) -> None:
 
             proxy.overrides[ts_path] = old_timestamp
             replayed = await admit(eng, world.ref(repo, "v1"))
-            assert proxy.served_overrides == 1
+            assert proxy.served_overrides >= 1  # the quick check, then the full refresh
             assert not replayed.allowed, f"rolled back to {replayed.images}"
             assert f"timestamp version {old_v} is older than trusted version {new_v}" in (
                 replayed.message

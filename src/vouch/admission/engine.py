@@ -29,7 +29,7 @@ from vouch.admission.policy import (
 )
 from vouch.admission.reference import ImageReference, InvalidReferenceError, parse
 from vouch.client.auth import Credentials, TokenAuth
-from vouch.client.remote import Remote, TLSConfig
+from vouch.client.remote import MAX_TIMESTAMP_SIZE, Remote, TLSConfig
 from vouch.client.repository import Repository
 from vouch.tuf import timefmt
 from vouch.tuf.errors import TrustError
@@ -216,7 +216,10 @@ class Engine:
         future: asyncio.Future[TrustedSet] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            trusted = await self._fetch(server, ref, trust, pinning, pin_id, login=login)
+            previous = hit[1] if hit is not None else None
+            trusted = await self._fetch(
+                server, ref, trust, pinning, pin_id, login=login, previous=previous
+            )
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it, nobody logs "never retrieved"
@@ -240,6 +243,7 @@ class Engine:
         pin_id: str,
         *,
         login: Credentials | None,
+        previous: TrustedSet | None = None,
     ) -> TrustedSet:
         who = (
             hashlib.sha256(f"{login.username}\0{login.password}".encode()).hexdigest()
@@ -253,10 +257,29 @@ class Engine:
             if login is not None:
                 auth = TokenAuth(_fixed(login), use_docker_config=False)
             remote = self._remotes[rkey] = self.remote_factory(server, trust, auth)
+        if previous is not None and await _still_current(remote, ref.name, previous):
+            return previous
         trust_dir = self.cache_dir / hashlib.sha256(server.encode()).hexdigest()[:16] / pin_id
         repo = Repository(ref.name, remote, trust_dir, pinning=pinning)
         result = await repo.refresh()
         return result.trusted
+
+
+async def _still_current(remote: Remote, gun: str, trusted: TrustedSet) -> bool:
+    """One round trip: is the trusted set's timestamp still the server's, and
+    is nothing in the set expired? Then nothing it pins has changed."""
+    stamp = trusted.timestamp
+    if stamp is None or stamp.raw is None:
+        return False
+    try:
+        current = await remote.get_metadata(gun, "timestamp.json", MAX_TIMESTAMP_SIZE)
+    except Exception:  # any doubt: do the full, verified refresh
+        return False
+    if current != stamp.raw:
+        return False
+    now = timefmt.now()
+    loaded = [trusted.root, stamp, trusted.snapshot, *trusted.targets.values()]
+    return all(md is not None and not md.signed.is_expired(now) for md in loaded)
 
 
 def _fixed(login: Credentials) -> Callable[[str], Credentials]:
