@@ -980,16 +980,18 @@ def _cases(ts: TokenServer, now: int) -> dict[str, tuple[str | None, str]]:
             _bearer(token(ts.root_key, kid=True, body=claims(now, exp=now - 30))),
             "pull",
         ),
-        "exp -61 s": (
-            _bearer(token(ts.root_key, kid=True, body=claims(now, exp=now - 61))),
+        "exp -75 s": (
+            _bearer(token(ts.root_key, kid=True, body=claims(now, exp=now - 75))),
             "pull",
         ),
         "nbf +30 s": (
             _bearer(token(ts.root_key, kid=True, body=claims(now, nbf=now + 30))),
             "pull",
         ),
-        "nbf +61 s": (
-            _bearer(token(ts.root_key, kid=True, body=claims(now, nbf=now + 61))),
+        # Well past the 60 s leeway: ``now`` is truncated to the second, so +61
+        # could land inside the leeway on either server.
+        "nbf +75 s": (
+            _bearer(token(ts.root_key, kid=True, body=claims(now, nbf=now + 75))),
             "pull",
         ),
         "no exp": (_bearer(token(ts.root_key, kid=True, body=claims(now, exp=None))), "pull"),
@@ -1084,6 +1086,7 @@ def _error_param(header: str) -> str | None:
 def test_same_verdicts_as_real_notary_server(live: Live) -> None:
     now = int(time.time())
     mismatches, verdicts = [], []
+    names: list[tuple[str, tuple[str, str | None], int]] = []
     for name, (authorization, route) in _cases(live.ts, now).items():
         method, path, required = ROUTES[route]
         status, www, body = _request(live.url + path, method, authorization)
@@ -1091,6 +1094,7 @@ def test_same_verdicts_as_real_notary_server(live: Live) -> None:
         theirs = ("401", _error_param(www)) if status == 401 else ("ok", None)
         mine = ("401", ours.error) if isinstance(ours, Challenge) else ("ok", None)
         verdicts.append(theirs)
+        names.append((name, theirs, status))
         if theirs != mine:
             mismatches.append(f"{name}: notary {theirs} {status}, vouch {mine} {ours}")
         elif isinstance(ours, Challenge) and route != "push_pull":
@@ -1106,7 +1110,8 @@ def test_same_verdicts_as_real_notary_server(live: Live) -> None:
                 == (json.loads(body)["errors"][0]["detail"])
             )
     assert not mismatches, "\n".join(mismatches)
-    assert verdicts.count(("ok", None)) == 15  # the positive cases really were accepted
+    # the positive cases really were accepted
+    assert verdicts.count(("ok", None)) == 14, names
 
 
 @pytest.mark.interop
