@@ -23,12 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from _common import free_port, wait_healthy
 from vouch.admission.app import build_admission_app
 from vouch.admission.engine import Engine
 from vouch.admission.policy import load_policies
@@ -39,14 +39,6 @@ from vouch.crypto.keystore import EnvPassphraseRetriever
 
 PW = {f"NOTARY_{r}_PASSPHRASE": "pw" for r in ("ROOT", "TARGETS", "SNAPSHOT", "DELEGATION")}
 REGISTRY = "registry.example.com"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -66,16 +58,7 @@ def start_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
         stderr=subprocess.DEVNULL,
         env={**os.environ, "VOUCH_LOG_LEVEL": "warning"},
     )
-    url = f"http://127.0.0.1:{port}"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    for _ in range(300):
-        try:
-            with opener.open(f"{url}/_notary_server/health", timeout=1):
-                return proc, url
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("vouch server did not start")
+    return proc, wait_healthy(proc, f"http://127.0.0.1:{port}", "vouch server")
 
 
 async def publish(url: str, trust: Path, repos: int) -> None:

@@ -18,15 +18,14 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
+from _common import free_port, wait_healthy
 from vouch.client.remote import Remote
 from vouch.client.repository import Repository
 from vouch.crypto.keystore import EnvPassphraseRetriever
@@ -35,12 +34,6 @@ from vouch.crypto.privkey import PrivateKey
 PW = "bench-pw"
 ENV = {f"NOTARY_{r}_PASSPHRASE": PW for r in ("ROOT", "TARGETS", "SNAPSHOT", "DELEGATION")}
 GUN = "example.com/bench/client"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_notary_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -61,16 +54,7 @@ def start_notary_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    for _ in range(200):
-        try:
-            with opener.open(f"{url}/_notary_server/health", timeout=1):
-                return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("notary-server did not start")
+    return proc, wait_healthy(proc, f"http://127.0.0.1:{port}", "notary-server")
 
 
 async def publish(url: str, trust: Path, n_targets: int, n_delegations: int) -> None:

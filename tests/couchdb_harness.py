@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +27,7 @@ import httpx
 import pytest
 
 from notary_harness import free_port
+from procs import Managed, stop_process
 
 COUCH_URL = os.environ.get("VOUCH_TEST_COUCHDB_URL", "http://127.0.0.1:5984").rstrip("/")
 _CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -86,7 +86,7 @@ def all_docs(name: str) -> list[dict[str, Any]]:
     return [r["doc"] for r in resp.json()["rows"]]
 
 
-class PouchDBServer:
+class PouchDBServer(Managed):
     """A PouchDB Server process of the test's own, in memory, on a free port."""
 
     def __init__(self, workdir: Path) -> None:
@@ -138,23 +138,5 @@ class PouchDBServer:
         resp.raise_for_status()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self.proc = None
-
-    def __enter__(self) -> PouchDBServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

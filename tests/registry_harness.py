@@ -31,10 +31,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from notary_harness import NOTARY_BIN, _parent_death_signal, free_port
+from procs import Managed, stop_process
 
 DOCKER_REGISTRY_BIN = "/usr/bin/docker-registry"
 SKOPEO_BIN = "/usr/bin/skopeo"
@@ -83,7 +83,7 @@ def sha256_digest(data: bytes) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-class Registry:
+class Registry(Managed):
     """``docker-registry serve`` on ``127.0.0.1:<free port>``, no TLS, no auth."""
 
     def __init__(self, workdir: Path, *, startup_timeout: float = 15.0) -> None:
@@ -176,28 +176,10 @@ class Registry:
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc, timeout=5)
 
     def stop(self) -> None:
         self._kill()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,7 +357,7 @@ class Skopeo:
 # --------------------------------------------------------------------------------------------
 
 
-class TrustProxy:
+class TrustProxy(Managed):
     """An HTTP proxy in front of a trust server (GET only, which is all a reader needs).
 
     ``recorded[path]`` holds the last body the server answered for ``path`` (path with
@@ -439,15 +421,3 @@ class TrustProxy:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -28,8 +28,7 @@ import time
 import urllib.error
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import asyncpg
 import pymysql
@@ -45,6 +44,7 @@ from notary_harness import (
     free_port,
     metadata_url,
 )
+from procs import Managed, stop_process
 from vouch.keyservice import KeyServiceUnavailableError, LocalKeyService
 from vouch.keyservice.remote import MIN_CHANNEL_AGE, RemoteKeyService
 from vouch.signer.certs import MTLSBundle, issue_mtls_bundle
@@ -140,7 +140,7 @@ async def _signer_health(tls: MTLSBundle, port: int) -> None:
         await keys.close()
 
 
-class SignerProcess:
+class SignerProcess(Managed):
     """A signer program (notary-signer or ``vouch signer``) that can be stopped and
     restarted on its port; ready once its gRPC health check answers over mTLS."""
 
@@ -180,25 +180,7 @@ class SignerProcess:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        stop_process(proc, timeout=10)
 
 
 def vouch_signer_argv(config: Path) -> list[str]:

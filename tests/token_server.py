@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
@@ -40,6 +39,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
+
+from procs import Managed
 
 ANONYMOUS = ""  # the user table's key for requests without credentials
 
@@ -180,7 +181,7 @@ class TokenAuthority:
         return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
 
-class TokenServer:
+class TokenServer(Managed):
     """The ``/token`` endpoint on 127.0.0.1 (a free port), served from a daemon thread."""
 
     def __init__(
@@ -291,18 +292,6 @@ class TokenServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._httpd = self._thread = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _credentials(self, authorization: str | None) -> tuple[str, str] | None:
         if not authorization or not authorization.lower().startswith("basic "):

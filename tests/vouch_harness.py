@@ -13,14 +13,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from notary_harness import free_port
+from procs import Managed, stop_process
 
 VOUCH = str(Path(sys.executable).with_name("vouch"))
 
 
-class VouchServer:
+class VouchServer(Managed):
     def __init__(
         self,
         workdir: Path,
@@ -80,23 +80,5 @@ class VouchServer:
         raise RuntimeError(f"vouch server did not become healthy:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self.proc = None
-
-    def __enter__(self) -> VouchServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
