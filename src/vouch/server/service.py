@@ -238,7 +238,8 @@ class TrustService:
 
         async def apply(state: RepoState) -> list[NewFile]:
             stored = {role: f.data for role, f in state.current.items()}
-            plan = validate_update(gun, stored, uploads, now)
+            versions = {role: f.version for role, f in state.current.items()}
+            plan = validate_update(gun, stored, uploads, now, versions=versions)
             out = [
                 NewFile(role, md.signed.version, data) for role, (md, data) in plan.accepted.items()
             ]

@@ -20,6 +20,7 @@ Where notary-server is weaker than it should be, we are stricter, and say so:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -128,9 +129,18 @@ def _err_name(role: str) -> str:
     return "ErrBadTargets"
 
 
-def _check_version(role: str, md: Metadata[Any], stored: Metadata[Any] | None) -> None:
+def _stored_version(stored: dict[str, bytes], versions: Mapping[str, int] | None, role: str) -> int:
+    """The stored version of ``role`` (0 if none), without parsing when the
+    caller already knows it (a storage row carries it)."""
+    if role not in stored:
+        return 0
+    if versions is not None and role in versions:
+        return versions[role]
+    return int(Metadata.from_bytes(stored[role]).signed.version)
+
+
+def _check_version(role: str, md: Metadata[Any], base: int) -> None:
     version = md.signed.version
-    base = stored.signed.version if stored is not None else 0
     if version > MAX_VERSION or version > base + MAX_VERSION_JUMP:
         raise UpdateError(
             _err_name(role),
@@ -176,11 +186,17 @@ def _check_root(gun: str, new: Metadata[Root], old: Metadata[Root] | None, now: 
 
 
 def validate_update(
-    gun: str, stored: dict[str, bytes], uploads: dict[str, bytes], now: datetime
+    gun: str,
+    stored: dict[str, bytes],
+    uploads: dict[str, bytes],
+    now: datetime,
+    *,
+    versions: Mapping[str, int] | None = None,
 ) -> UpdatePlan:
     """Check an upload against the GUN's stored current files.
 
-    ``stored`` maps role → current bytes; ``uploads`` maps role → uploaded
+    ``stored`` maps role → current bytes (``versions``, if given, their
+    versions); ``uploads`` maps role → uploaded
     bytes (role names already checked by the caller). A ``timestamp`` upload
     is ignored, as notary-server ignores it. Raises :class:`UpdateError`.
     """
@@ -261,14 +277,13 @@ def validate_update(
             raise UpdateError("ErrBadTargets", str(exc)) from exc
         if md.signed.is_expired(now):
             raise UpdateError("ErrBadTargets", f"{role} expired at {md.signed.expires}")
-        previous = Metadata.from_bytes(stored[role], Targets) if role in stored else None
-        _check_version(role, md, previous)
+        _check_version(role, md, _stored_version(stored, versions, role))
         trusted_targets[role] = md
         plan.loaded[role] = uploads[role]
         plan.accepted[role] = (md, uploads[role])
 
     if roles.ROOT in parsed:
-        _check_version(roles.ROOT, parsed[roles.ROOT], old_root)
+        _check_version(roles.ROOT, parsed[roles.ROOT], old_root.signed.version if old_root else 0)
 
     # 3. A client snapshot must be signed by root's snapshot keys and pin
     # every file this validation loaded.
@@ -292,10 +307,7 @@ def validate_update(
                 meta.verify(data, role)
             except HashMismatchError as exc:
                 raise UpdateError("ErrBadSnapshot", str(exc)) from exc
-        stored_snap = (
-            Metadata.from_bytes(stored[roles.SNAPSHOT]) if roles.SNAPSHOT in stored else None
-        )
-        _check_version(roles.SNAPSHOT, snap, stored_snap)
+        _check_version(roles.SNAPSHOT, snap, _stored_version(stored, versions, roles.SNAPSHOT))
         plan.accepted[roles.SNAPSHOT] = (snap, uploads[roles.SNAPSHOT])
         plan.snapshot_uploaded = True
     return plan
