@@ -1,6 +1,8 @@
 """The trust server's operations, independent of HTTP.
 
-Reads come straight from storage. Writes go through
+Reads go through the store's batched, content-addressed read path where the
+backend has one (:mod:`vouch.storage.readcache`: as fresh as the database,
+whatever other instances publish), else straight to the store. Writes go through
 :meth:`MetadataStore.update`, whose callback validates the upload with the
 core's publish rules and signs the server's snapshot and timestamp, so a
 publish is atomic and concurrent publishers cannot fork a repository.
@@ -15,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from vouch.storage.base import MetadataStore, NewFile, RepoState, StoredFile
+from vouch.storage.readcache import CachedReader, cached_reader
 from vouch.tuf import roles, timefmt
 from vouch.tuf.errors import TrustError
 from vouch.tuf.keys import Key
@@ -48,6 +51,16 @@ class KeyService(Protocol):
     async def check_health(self) -> None: ...
 
 
+class Reader(Protocol):
+    """The three look-ups GETs need (a :class:`MetadataStore` or a cached reader)."""
+
+    async def get_current(self, gun: str, role: str) -> StoredFile | None: ...
+
+    async def get_version(self, gun: str, role: str, version: int) -> StoredFile | None: ...
+
+    async def get_checksum(self, gun: str, role: str, sha256: str) -> StoredFile | None: ...
+
+
 class NotFoundError(Exception):
     """No such metadata (404 ``METADATA_NOT_FOUND``)."""
 
@@ -75,6 +88,8 @@ class TrustService:
         snapshot_refresh: timedelta = timedelta(days=30),
     ) -> None:
         self.store = store
+        #: Where reads go: the batched cached reader on database backends.
+        self.reader: Reader = cached_reader(store) or store
         self.keys = keys
         self.key_algorithm = key_algorithm
         self.timestamp_refresh = timestamp_refresh
@@ -89,27 +104,27 @@ class TrustService:
         if role == roles.SNAPSHOT:
             ts = await self._fresh_timestamp(gun)
             snap_sha = self._freshness(ts).snapshot_sha256
-            found = await self.store.get_current(gun, role)
+            found = await self.reader.get_current(gun, role)
             if found is not None and (snap_sha is None or found.sha256 == snap_sha):
                 return found
             if snap_sha is not None:
-                pinned = await self.store.get_checksum(gun, role, snap_sha)
+                pinned = await self.reader.get_checksum(gun, role, snap_sha)
                 if pinned is not None:
                     return pinned
             raise NotFoundError(role)
-        found = await self.store.get_current(gun, role)
+        found = await self.reader.get_current(gun, role)
         if found is None:
             raise NotFoundError(role)
         return found
 
     async def get_version(self, gun: str, role: str, version: int) -> StoredFile:
-        found = await self.store.get_version(gun, role, version)
+        found = await self.reader.get_version(gun, role, version)
         if found is None:
             raise NotFoundError(role)
         return found
 
     async def get_checksum(self, gun: str, role: str, sha256: str) -> StoredFile:
-        found = await self.store.get_checksum(gun, role, sha256)
+        found = await self.reader.get_checksum(gun, role, sha256)
         if found is None:
             raise NotFoundError(role)
         return found
@@ -131,7 +146,7 @@ class TrustService:
         """The current timestamp, re-signed first if it (or the server-held
         snapshot it pins) is near expiry. If re-signing fails, the stored
         timestamp is served while it is still valid (notary#598)."""
-        ts = await self.store.get_current(gun, roles.TIMESTAMP)
+        ts = await self.reader.get_current(gun, roles.TIMESTAMP)
         if ts is None:
             raise NotFoundError(roles.TIMESTAMP)
         now = timefmt.now()
@@ -139,6 +154,7 @@ class TrustService:
             return ts
         try:
             stored = await self.store.update(gun, self._refresh_fn(now))
+            self._remember(stored)
         except (SigningUnavailableError, NoSigningKeyError, TrustError) as exc:
             if self._freshness(ts).expires > now:
                 log.warning(
@@ -151,7 +167,7 @@ class TrustService:
         for f in stored:
             if f.role == roles.TIMESTAMP:
                 return f
-        latest = await self.store.get_current(gun, roles.TIMESTAMP)
+        latest = await self.reader.get_current(gun, roles.TIMESTAMP)
         assert latest is not None
         return latest
 
@@ -213,7 +229,7 @@ class TrustService:
 
     async def get_key(self, gun: str, role: str) -> Key:
         """``GET <role>.key``: a key of root's role the service holds, or a new one."""
-        root = await self.store.get_current(gun, roles.ROOT)
+        root = await self.reader.get_current(gun, roles.ROOT)
         try:
             if root is not None:
                 root_md: Metadata[Root] = Metadata.from_bytes(root.data, Root)
@@ -264,7 +280,13 @@ class TrustService:
             )
             return out
 
-        return await self.store.update(gun, apply)
+        stored = await self.store.update(gun, apply)
+        self._remember(stored)
+        return stored
+
+    def _remember(self, stored: list[StoredFile]) -> None:
+        if isinstance(self.reader, CachedReader):
+            self.reader.remember(stored)
 
     async def delete(self, gun: str) -> None:
         await self.store.delete(gun)

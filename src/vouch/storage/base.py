@@ -12,7 +12,7 @@ run inside that callback.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -40,6 +40,22 @@ class StoredFile:
     sha256: str  # lowercase hex of data
     created_at: datetime  # when this version was stored (by-version/by-hash Last-Modified)
     updated_at: datetime  # when it last became current (current Last-Modified)
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """A stored file without its bytes: what a cheap index look-up returns.
+
+    ``sha256`` names the bytes, so a reader that already holds bytes with that
+    digest can serve them without reading them again (see :mod:`.readcache`).
+    """
+
+    gun: str
+    role: str
+    version: int
+    sha256: str
+    created_at: datetime
+    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,3 +135,28 @@ class MetadataStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+#: A look-up a :class:`FileIndex` answers: (gun, role, version) for ``version``,
+#: (gun, role, sha256 hex) for ``checksum``, (gun, role) for ``current``.
+VersionKey = tuple[str, str, int]
+ChecksumKey = tuple[str, str, str]
+CurrentKey = tuple[str, str]
+
+
+class FileIndex(Protocol):
+    """Optional capability of a store: many look-ups in one statement, without the bytes.
+
+    A server instance answers each request with one of these (shared with every
+    request that arrived meanwhile) and takes the bytes from a content-addressed
+    cache, so reads stay exactly as fresh as the database while most of them
+    cost a fraction of a query.
+    """
+
+    async def describe_current(self, keys: Sequence[CurrentKey]) -> dict[CurrentKey, FileRef]: ...
+
+    async def describe_versions(self, keys: Sequence[VersionKey]) -> dict[VersionKey, FileRef]: ...
+
+    async def describe_checksums(
+        self, keys: Sequence[ChecksumKey]
+    ) -> dict[ChecksumKey, FileRef]: ...

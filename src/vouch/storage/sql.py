@@ -35,12 +35,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from vouch.storage import migrations
 from vouch.storage.base import (
     Change,
+    ChecksumKey,
+    CurrentKey,
+    FileRef,
     MetadataStore,
     RepoState,
     StorageError,
     StoredFile,
     UpdateFn,
     VersionConflictError,
+    VersionKey,
 )
 from vouch.storage.memory import (
     MAX_NAME,
@@ -133,6 +137,18 @@ _Q_CHECKSUM = (
     .order_by(_f.version.desc())
     .limit(1)
 )
+# Batched index look-ups (no ``data``) for the server's read path (FileIndex).
+_REF_COLS = (_f.gun, _f.role, _f.version, _f.sha256, _f.created_at, _f.updated_at)
+_KEYS: sa.BindParameter[Any] = sa.bindparam("keys", expanding=True)
+_Q_DESCRIBE_CURRENT = (
+    sa.select(*_REF_COLS).select_from(_CURRENT_JOIN).where(sa.tuple_(_c.gun, _c.role).in_(_KEYS))
+)
+_Q_DESCRIBE_VERSIONS = sa.select(*_REF_COLS).where(
+    sa.tuple_(_f.gun, _f.role, _f.version).in_(_KEYS)
+)
+_Q_DESCRIBE_CHECKSUMS = sa.select(*_REF_COLS).where(
+    sa.tuple_(_f.gun, _f.role, _f.sha256).in_(_KEYS)
+)
 _Q_LOCK = sa.select(repositories.c.gun).where(repositories.c.gun == _GUN).with_for_update()
 
 
@@ -180,6 +196,34 @@ class SQLStore:
             return None
         row = await self._read_one(_Q_CHECKSUM, {"gun": gun, "role": role, "sha256": sha256})
         return None if row is None else _file(gun, row)
+
+    # -- batched index look-ups (FileIndex) -------------------------------------
+
+    async def describe_current(self, keys: Sequence[CurrentKey]) -> dict[CurrentKey, FileRef]:
+        rows = await self._read_all(_Q_DESCRIBE_CURRENT, list(dict.fromkeys(keys)))
+        return {(r.gun, r.role): _ref(r) for r in rows}
+
+    async def describe_versions(self, keys: Sequence[VersionKey]) -> dict[VersionKey, FileRef]:
+        wanted = [k for k in dict.fromkeys(keys) if 0 <= k[2] < 2**63]
+        rows = await self._read_all(_Q_DESCRIBE_VERSIONS, wanted)
+        return {(r.gun, r.role, r.version): _ref(r) for r in rows}
+
+    async def describe_checksums(self, keys: Sequence[ChecksumKey]) -> dict[ChecksumKey, FileRef]:
+        wanted = [k for k in dict.fromkeys(keys) if is_sha256_hex(k[2])]
+        rows = await self._read_all(_Q_DESCRIBE_CHECKSUMS, wanted)
+        out: dict[ChecksumKey, FileRef] = {}
+        for r in rows:  # the same bytes under two versions cannot happen; keep the newest
+            key = (r.gun, r.role, r.sha256)
+            if key not in out or out[key].version < r.version:
+                out[key] = _ref(r)
+        return out
+
+    async def _read_all(self, stmt: sa.Select[Any], keys: list[Any]) -> Sequence[_AnyRow]:
+        if not keys:
+            return []
+        async with self._errors(), self._engine.connect() as conn:
+            rows: Sequence[_AnyRow] = (await conn.execute(stmt, {"keys": keys})).all()
+        return rows
 
     async def get_state(self, gun: str) -> RepoState:
         async with self._errors(), self._engine.connect() as conn:
@@ -429,6 +473,17 @@ async def _add_change(
         sa.insert(changefeed).values(
             gun=gun, version=version, sha256=sha256, category=category, created_at=now
         )
+    )
+
+
+def _ref(row: _AnyRow) -> FileRef:
+    return FileRef(
+        row.gun,
+        row.role,
+        row.version,
+        row.sha256,
+        _aware(row.created_at),
+        _aware(row.updated_at),
     )
 
 

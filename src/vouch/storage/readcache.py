@@ -1,0 +1,212 @@
+"""The server's read path over a :class:`FileIndex`: batched look-ups, cached bytes.
+
+A GET on a database backend used to cost one full query per request. Here a
+request costs a share of one *index* query (no file bytes), and the bytes come
+from a cache keyed by their SHA-256:
+
+* **Never stale.** Every request waits for an index query that started after
+  the request arrived, so it sees every publish (or delete) committed before
+  it, by any server instance on the same database. Nothing about *which* file
+  is current is ever cached.
+* **Content-addressed bytes.** The cache maps a SHA-256 to bytes that hash to
+  it (checked when filled), so a hit can only ever return the bytes the index
+  row names, whichever GUN, role or version they belong to.
+* **Batched.** Requests that arrive while a query is in flight share the next
+  one; up to ``max_inflight`` queries run at once (each needs a pooled
+  connection), so under load the database sees a handful of statements where
+  there were hundreds of requests, and at low load a request's query starts
+  at once.
+
+Misses (bytes not cached yet) are read with the store's own single-file
+look-up, whose answer is just as fresh, and then cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Generic, TypeVar, cast
+
+from vouch.storage.base import (
+    ChecksumKey,
+    CurrentKey,
+    FileIndex,
+    FileRef,
+    MetadataStore,
+    StoredFile,
+    VersionKey,
+)
+
+K = TypeVar("K", bound=Hashable)
+
+#: Default bound on the cached bytes of one server process.
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+#: Default number of index queries in flight at once (pooled connections they hold).
+DEFAULT_MAX_INFLIGHT = 4
+#: Most look-ups in one statement (bind-parameter limits: SQLite allows 32,766).
+MAX_BATCH = 500
+
+
+class ByteCache:
+    """Bytes by their SHA-256, least recently used evicted past ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, sha256: str) -> bytes | None:
+        data = self._items.get(sha256)
+        if data is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(sha256)
+        self.hits += 1
+        return data
+
+    def put(self, data: bytes) -> str:
+        """Cache ``data`` under the digest computed here (never one a caller claims)."""
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) > self.max_bytes or digest in self._items:
+            return digest
+        self._items[digest] = data
+        self._size += len(data)
+        while self._size > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self._size -= len(old)
+        return digest
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class _Batcher(Generic[K]):
+    """Coalesces look-ups into calls of ``query`` with many keys (see the module docstring)."""
+
+    def __init__(
+        self, query: Callable[[Sequence[K]], Awaitable[dict[K, FileRef]]], max_inflight: int
+    ) -> None:
+        self._query = query
+        self._max_inflight = max_inflight
+        self._pending: list[tuple[K, asyncio.Future[FileRef | None]]] = []
+        self._inflight = 0
+        self._scheduled = False
+        self.queries = 0
+
+    async def lookup(self, key: K) -> FileRef | None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[FileRef | None] = loop.create_future()
+        self._pending.append((key, fut))
+        if not self._scheduled:
+            # Let the rest of this loop iteration's requests join before dispatching.
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
+        return await fut
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        while self._pending and self._inflight < self._max_inflight:
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            self._inflight += 1
+            asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: list[tuple[K, asyncio.Future[FileRef | None]]]) -> None:
+        try:
+            self.queries += 1
+            found = await self._query([key for key, _ in batch])
+        except BaseException as exc:  # every waiter gets the failure, nobody hangs
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for key, fut in batch:
+                if not fut.done():
+                    fut.set_result(found.get(key))
+        finally:
+            self._inflight -= 1
+            if self._pending and not self._scheduled:
+                self._dispatch()
+
+
+class CachedReader:
+    """``get_current`` / ``get_version`` / ``get_checksum`` as a :class:`MetadataStore`
+    answers them, through batched index look-ups and a :class:`ByteCache`."""
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        index: FileIndex,
+        *,
+        cache: ByteCache | None = None,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    ) -> None:
+        self._store = store
+        self.cache = cache or ByteCache()
+        self._current: _Batcher[CurrentKey] = _Batcher(index.describe_current, max_inflight)
+        self._versions: _Batcher[VersionKey] = _Batcher(index.describe_versions, max_inflight)
+        self._checksums: _Batcher[ChecksumKey] = _Batcher(index.describe_checksums, max_inflight)
+
+    @property
+    def queries(self) -> int:
+        """Index statements sent so far (for tests and metrics)."""
+        return self._current.queries + self._versions.queries + self._checksums.queries
+
+    async def get_current(self, gun: str, role: str) -> StoredFile | None:
+        ref = await self._current.lookup((gun, role))
+        return None if ref is None else await self._file(ref)
+
+    async def get_version(self, gun: str, role: str, version: int) -> StoredFile | None:
+        ref = await self._versions.lookup((gun, role, version))
+        return None if ref is None else await self._file(ref)
+
+    async def get_checksum(self, gun: str, role: str, sha256: str) -> StoredFile | None:
+        ref = await self._checksums.lookup((gun, role, sha256))
+        return None if ref is None else await self._file(ref)
+
+    def remember(self, files: Sequence[StoredFile]) -> None:
+        """Cache the bytes of files this process just stored (their first GETs then hit)."""
+        for f in files:
+            self.cache.put(f.data)
+
+    async def _file(self, ref: FileRef) -> StoredFile | None:
+        data = self.cache.get(ref.sha256)
+        if data is not None:
+            return _stored(ref, data)
+        # Not cached yet: read this very version. It may be gone by now (a delete
+        # committed since the index query): then it is gone for this request too.
+        found = await self._store.get_version(ref.gun, ref.role, ref.version)
+        if found is None:
+            return None
+        self.cache.put(found.data)
+        return found
+
+
+def _stored(ref: FileRef, data: bytes) -> StoredFile:
+    return StoredFile(
+        ref.gun, ref.role, ref.version, data, ref.sha256, ref.created_at, ref.updated_at
+    )
+
+
+def cached_reader(
+    store: MetadataStore,
+    *,
+    cache: ByteCache | None = None,
+    max_inflight: int = DEFAULT_MAX_INFLIGHT,
+) -> CachedReader | None:
+    """A :class:`CachedReader` over ``store`` if it can answer batched look-ups."""
+    if not all(
+        callable(getattr(store, name, None))
+        for name in ("describe_current", "describe_versions", "describe_checksums")
+    ):
+        return None
+    return CachedReader(store, cast(FileIndex, store), cache=cache, max_inflight=max_inflight)
+
+
+__all__ = ["ByteCache", "CachedReader", "cached_reader"]
