@@ -9,8 +9,10 @@ and so may a delegated role, and notary-server resolves
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -24,11 +26,13 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import request_response
+from starlette.types import Receive, Scope, Send
 
 from vouch.server.errors import JSON_TYPE, error_response
 from vouch.server.gun import InvalidGunError, check_gun, check_role
@@ -75,8 +79,10 @@ def _cache_control(max_age: int, *, current: bool) -> dict[str, str]:
     return {"Cache-Control": value + (", must-revalidate" if current else "")}
 
 
+@functools.lru_cache(maxsize=8192)
 def _http_date(when: datetime) -> str:
     # notary-server writes Go's RFC 1123 with the zone's name: "UTC", not "GMT".
+    # Memoised: the same few current files are served over and over.
     return when.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S UTC")
 
 
@@ -99,6 +105,24 @@ class Metrics:
         self.updates = Counter(
             "vouch_server_updates", "Publishes by result", ["result"], registry=self.registry
         )
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def exposition(self) -> bytes:
+        """The text format; with several workers, summed over all of them."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+    def record(self, op: str, status: int, seconds: float) -> None:
+        """Count one request; the labelled children are looked up once per (op, status)."""
+        pair = self._children.get((op, status))
+        if pair is None:
+            pair = (self.requests.labels(op, str(status)), self.latency.labels(op))
+            self._children[(op, status)] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
 
 
 def build_app(
@@ -106,7 +130,7 @@ def build_app(
     *,
     settings: HTTPSettings | None = None,
     authorizer: Authorizer | None = None,
-) -> Starlette:
+) -> TrustApp:
     cfg = settings or HTTPSettings()
     metrics = Metrics()
 
@@ -123,6 +147,19 @@ def build_app(
         headers["Last-Modified"] = _http_date(file.updated_at if current else file.created_at)
         return Response(file.data, media_type=TEXT_TYPE, headers=headers)
 
+    async def fetch(op: str, gun: str, role: str, arg: str) -> StoredFile:
+        """The file a metadata GET names (raises :class:`NotFoundError`)."""
+        if op == "GetRoleByHash":
+            if len(arg) != 64 or arg != arg.lower():
+                raise NotFoundError(role)
+            return await service.get_checksum(gun, role, arg)
+        if op == "GetRoleByVersion":
+            version = int(arg)
+            if version < 1:
+                raise NotFoundError(role)
+            return await service.get_version(gun, role, version)
+        return await service.get_current(gun, role)
+
     async def get_tuf(request: Request, gun: str, name: str) -> tuple[str, Response]:
         key = _KEY.match(name)
         if key:
@@ -130,36 +167,17 @@ def build_app(
                 return "GetKey", denied
             k = await service.get_key(gun, key["role"])
             return "GetKey", _key_response(k)
-        for op, pattern in (
-            ("GetRoleByHash", _BY_HASH),
-            ("GetRoleByVersion", _BY_VERSION),
-            ("GetRole", _CURRENT),
-        ):
-            m = pattern.match(name)
-            if m is None or not _ROLE.match(m["role"]):
-                continue
-            if denied := deny(request, "metadata_get", gun):
-                return op, denied
-            role = m["role"]
-            try:
-                if op == "GetRoleByHash":
-                    digest = m["hex"]
-                    if len(digest) != 64 or digest != digest.lower():
-                        raise NotFoundError(role)
-                    return op, metadata(
-                        await service.get_checksum(gun, role, digest), current=False
-                    )
-                if op == "GetRoleByVersion":
-                    version = int(m["version"])
-                    if version < 1:
-                        raise NotFoundError(role)
-                    return op, metadata(
-                        await service.get_version(gun, role, version), current=False
-                    )
-                return op, metadata(await service.get_current(gun, role), current=True)
-            except NotFoundError:
-                return op, error_response("METADATA_NOT_FOUND", {})
-        return "NotFound", unrouted(request)
+        route = _metadata_route(name)
+        if route is None:
+            return "NotFound", unrouted(request)
+        op, role, arg = route
+        if denied := deny(request, "metadata_get", gun):
+            return op, denied
+        try:
+            file = await fetch(op, gun, role, arg)
+        except NotFoundError:
+            return op, error_response("METADATA_NOT_FOUND", {})
+        return op, metadata(file, current=op == "GetRole")
 
     def unrouted(request: Request) -> Response:
         # notary-server's catch-all: any request no route matches needs the
@@ -210,7 +228,7 @@ def build_app(
         if path == "/_notary_server/health" and method == "GET":
             return await health()
         if path == "/metrics" and method == "GET":
-            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+            return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
         if path == "/v2/" and method == "GET":
             return deny(request, "catalog", None) or Response(b"{}", media_type=TEXT_TYPE)
         if path == "/v2/_trust/changefeed" and method == "GET":
@@ -315,8 +333,7 @@ def build_app(
             response = error_response("UNKNOWN", {})
         except SigningUnavailableError as exc:
             response = error_response("UNAVAILABLE", str(exc))
-        metrics.requests.labels(op, str(response.status_code)).inc()
-        metrics.latency.labels(op).observe(time.perf_counter() - start)
+        metrics.record(op, response.status_code, time.perf_counter() - start)
         return response
 
     # No routes: every path and method reaches dispatch (a route's regex would not
@@ -325,7 +342,101 @@ def build_app(
     app.router.default = request_response(endpoint)
     app.state.metrics = metrics
     app.state.service = service
-    return app
+
+    current_cc = _header_pairs(_cache_control(cfg.current_max_age, current=True))
+    consistent_cc = _header_pairs(_cache_control(cfg.consistent_max_age, current=False))
+    text_type = TEXT_TYPE.encode()
+
+    async def fast_get(scope: Scope, send: Send) -> bool:
+        """Serve a metadata GET that succeeds without Starlette's objects; False: not here.
+
+        The same checks as :func:`dispatch` and :func:`get_tuf`, in the same order;
+        everything else (errors, denials, keys, other routes) takes the general path.
+        """
+        path: str = scope["path"]
+        if not path.startswith("/v2/") or not path.endswith(".json"):
+            return False
+        gun, sep, name = path[4:].partition("/_trust/tuf/")
+        route = _metadata_route(name) if sep else None
+        if route is None or not allowed_gun(gun):
+            return False
+        try:
+            check_gun(gun)
+        except InvalidGunError:
+            return False
+        op, role, arg = route
+        if authorizer is not None and authorizer.check(Request(scope), "metadata_get", gun):
+            return False
+        start = time.perf_counter()
+        try:
+            file = await fetch(op, gun, role, arg)
+        except (NotFoundError, StorageError, SigningUnavailableError):
+            return False  # answered (and counted) by the general path
+        current = op == "GetRole"
+        modified = _http_date(file.updated_at if current else file.created_at)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    *(current_cc if current else consistent_cc),
+                    (b"last-modified", modified.encode()),
+                    (b"content-length", str(len(file.data)).encode()),
+                    (b"content-type", text_type),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": file.data})
+        metrics.record(op, 200, time.perf_counter() - start)
+        return True
+
+    return TrustApp(app, fast_get)
+
+
+class TrustApp:
+    """The ASGI app: metadata GETs that succeed take a short path, the rest Starlette.
+
+    A GET of current or content-addressed metadata is nearly every request a
+    trust server sees; Starlette's request, routing and response objects cost
+    about as much as the look-up itself on a cached read.
+    """
+
+    def __init__(self, app: Starlette, fast_get: Callable[[Scope, Send], Awaitable[bool]]) -> None:
+        self.app = app
+        self.state = app.state
+        self._fast_get = fast_get
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and await self._fast_get(scope, send)
+        ):
+            return
+        await self.app(scope, receive, send)
+
+
+def _header_pairs(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+
+def _metadata_route(name: str) -> tuple[str, str, str] | None:
+    """(operation, role, checksum or version or "") for a metadata file name, as
+    notary-server resolves it: by hash before by version before current."""
+    for op, pattern in (
+        ("GetRoleByHash", _BY_HASH),
+        ("GetRoleByVersion", _BY_VERSION),
+        ("GetRole", _CURRENT),
+    ):
+        m = pattern.match(name)
+        if m is None or not _ROLE.match(m["role"]):
+            continue
+        if op == "GetRoleByHash":
+            return op, m["role"], m["hex"]
+        if op == "GetRoleByVersion":
+            return op, m["role"], m["version"]
+        return op, m["role"], ""
+    return None
 
 
 def _path(request: Request) -> str:
