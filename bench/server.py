@@ -312,6 +312,12 @@ class Server:
         env = dict(os.environ)
         if self.name == "vouch":
             env["VOUCH_WORKERS"] = str(self.workers)
+            if self.workers > 1 and self.db_url:
+                # notary's trust_service "local" means in-memory keys, which workers cannot
+                # share: keep the keys (ed25519, as notary's) encrypted in the same database.
+                env["VOUCH_KEYS__TYPE"] = "local"
+                env["VOUCH_KEYS__URL"] = self.db_url
+                env["VOUCH_KEYS__KEY_ALGORITHM"] = "ed25519"
         last = ""
         for _attempt in range(5):
             self.port = free_port()
@@ -898,12 +904,8 @@ def run_backend(backend: str, plan: Plan, tmp: Path) -> tuple[list[Row], str | N
         for server in servers.values():
             stack.callback(server.stop)
             server.start()
-        if workers > 1 and servers["vouch"].processes() < 2:
-            print(
-                f"  note: asked vouch for {workers} workers (VOUCH_WORKERS), but it runs in one "
-                "process: src/vouch/server/main.py does not use settings.workers yet",
-                flush=True,
-            )
+        if workers > 1 and servers["vouch"].processes() < workers:
+            raise RuntimeError(f"asked vouch for {workers} workers, it runs fewer processes")
         print(f"[{backend}] preparing repositories and pre-signing publishes ...", flush=True)
         loads = {name: prepare(s, plan, get_repos, pub) for name, s in servers.items()}
         for n, load in enumerate(loads["vouch"]):

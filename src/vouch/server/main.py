@@ -11,8 +11,9 @@ import asyncio
 import logging
 import os
 import secrets
+import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +59,13 @@ def local_passphrases(settings: ServerSettings, echo: Callable[[str], Any]) -> d
 
 
 async def open_components(
-    settings: ServerSettings, echo: Callable[[str], Any] = print
+    settings: ServerSettings, echo: Callable[[str], Any] = print, *, create: bool = True
 ) -> tuple[MetadataStore, KeyService]:
     from vouch.keyservice.memory import MemoryKeyService
     from vouch.storage.sql import open_store
 
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = await open_store(settings.storage_url())
+    store = await open_store(settings.storage_url(), create=create)
     keys: KeyService
     if settings.keys.type == "memory":
         keys = MemoryKeyService()
@@ -156,8 +157,14 @@ class _Config(uvicorn.Config):
             self.ssl = self._context
 
 
-async def serve(settings: ServerSettings, echo: Callable[[str], Any] = print) -> None:
-    store, keys = await open_components(settings, echo)
+async def serve(
+    settings: ServerSettings,
+    echo: Callable[[str], Any] = print,
+    *,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Serve until told to stop; ``sockets``: listen on these (a worker of :func:`run`)."""
+    store, keys = await open_components(settings, echo, create=sockets is None)
     service = TrustService(store, keys, key_algorithm=settings.keys.key_algorithm)
     http = HTTPSettings(
         current_max_age=settings.caching.current_metadata,
@@ -179,9 +186,10 @@ async def serve(settings: ServerSettings, echo: Callable[[str], Any] = print) ->
     )
     scheme = "https" if context is not None else "http"
     where = _redact(settings.storage_url())
-    echo(f"vouch server listening on {scheme}://{host}:{port} (storage: {where})")
+    if sockets is None:
+        echo(f"vouch server listening on {scheme}://{host}:{port} (storage: {where})")
     try:
-        await uvicorn.Server(config).serve()
+        await uvicorn.Server(config).serve(sockets=sockets)
     finally:
         await store.close()
         close = getattr(keys, "close", None)
@@ -201,12 +209,21 @@ def run(settings: ServerSettings, echo: Callable[[str], Any] = print) -> None:
         level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if settings.workers > 1:
+        from vouch.server.workers import run_workers
+
+        run_workers(settings, echo)
+        return
+    _run_loop(serve(settings, echo))
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
 
-        uvloop.run(serve(settings, echo))
+        uvloop.run(main)
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(serve(settings, echo))
+        asyncio.run(main)
 
 
 __all__ = ["run", "serve", "split_listen"]
