@@ -200,15 +200,18 @@ def build_app(
             return error_response("NO_FILENAME")
         except MalformedUploadError as exc:
             return error_response("MALFORMED_UPLOAD", str(exc))
+        documents: dict[str, Any] = {}
         for role, data in uploads.items():
             try:
                 check_role(role)
             except InvalidGunError:
                 return error_response("INVALID_ROLE", role)
-            if not _well_formed(data):
+            doc = _well_formed(data)
+            if doc is None:
                 return error_response("MALFORMED_JSON", {})
+            documents[role] = doc
         try:
-            await service.update(gun, uploads)
+            await service.update(gun, uploads, documents=documents)
         except UpdateError as exc:
             metrics.updates.labels("invalid").inc()
             return error_response("INVALID_UPDATE", exc.detail())
@@ -479,21 +482,25 @@ def _key_response(key: Any) -> Response:
     return Response(json.dumps(body, separators=(",", ":")).encode(), media_type=JSON_TYPE)
 
 
-def _well_formed(data: bytes) -> bool:
-    """notary-server's MALFORMED_JSON check: parseable, with typed signed members."""
+def _well_formed(data: bytes) -> Any:
+    """notary-server's MALFORMED_JSON check: parseable, with typed signed members.
+
+    Returns the parsed document (handed on to validation, which would otherwise
+    parse it again), or None if the upload is malformed."""
     try:
         doc = loads(data)
     except (FormatError, ValueError):  # ValueError: an integer literal over 4300 digits
-        return False
+        return None
     signed = doc.get("signed") if isinstance(doc, dict) else None
     if not isinstance(signed, dict):
-        return False
-    return (
+        return None
+    ok = (
         isinstance(signed.get("_type"), str)
         and isinstance(signed.get("expires"), str)
         and isinstance(signed.get("version"), int)
         and not isinstance(signed.get("version"), bool)
     )
+    return doc if ok else None
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

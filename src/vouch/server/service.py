@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -95,6 +96,7 @@ class TrustService:
         self.timestamp_refresh = timestamp_refresh
         self.snapshot_refresh = snapshot_refresh
         self._expiry_cache: OrderedDict[str, _Freshness] = OrderedDict()
+        self._roots: OrderedDict[str, Metadata[Root]] = OrderedDict()
 
     # -- reads ---------------------------------------------------------------
 
@@ -249,13 +251,30 @@ class TrustService:
 
     # -- writes --------------------------------------------------------------
 
-    async def update(self, gun: str, uploads: dict[str, bytes]) -> list[StoredFile]:
+    async def update(
+        self,
+        gun: str,
+        uploads: dict[str, bytes],
+        *,
+        documents: Mapping[str, Any] | None = None,
+    ) -> list[StoredFile]:
+        """Validate and store an upload. ``documents``: the uploads as
+        :func:`vouch.tuf.canonical.loads` already parsed them, if the caller did."""
         now = timefmt.now()
 
         async def apply(state: RepoState) -> list[NewFile]:
             stored = {role: f.data for role, f in state.current.items()}
             versions = {role: f.version for role, f in state.current.items()}
-            plan = validate_update(gun, stored, uploads, now, versions=versions)
+            root_file = state.current.get(roles.ROOT)
+            plan = validate_update(
+                gun,
+                stored,
+                uploads,
+                now,
+                versions=versions,
+                documents=documents,
+                stored_root=self._parsed_root(root_file) if root_file else None,
+            )
             out = [
                 NewFile(role, md.signed.version, data) for role, (md, data) in plan.accepted.items()
             ]
@@ -273,7 +292,12 @@ class TrustService:
                 snap_md = plan_snapshot(plan, stored.get(roles.SNAPSHOT), now)
                 snap_bytes = await self._sign(snap_md, held)
                 out.append(NewFile(roles.SNAPSHOT, snap_md.signed.version, snap_bytes))
-            ts_md = plan_timestamp(snap_bytes, stored.get(roles.TIMESTAMP), now)
+            ts_md = plan_timestamp(
+                snap_bytes,
+                stored.get(roles.TIMESTAMP),
+                now,
+                previous_version=versions.get(roles.TIMESTAMP),
+            )
             ts_keys = await self._held_keys(plan.root.signed, roles.TIMESTAMP, strict=True)
             out.append(
                 NewFile(roles.TIMESTAMP, ts_md.signed.version, await self._sign(ts_md, ts_keys))
@@ -283,6 +307,18 @@ class TrustService:
         stored = await self.store.update(gun, apply)
         self._remember(stored)
         return stored
+
+    def _parsed_root(self, file: StoredFile) -> Metadata[Root]:
+        """The stored root, parsed once per process (by its SHA-256; never modified)."""
+        md = self._roots.get(file.sha256)
+        if md is None:
+            md = Metadata.from_bytes(file.data, Root)
+            self._roots[file.sha256] = md
+            if len(self._roots) > 1024:
+                self._roots.popitem(last=False)
+        else:
+            self._roots.move_to_end(file.sha256)
+        return md
 
     def _remember(self, stored: list[StoredFile]) -> None:
         if isinstance(self.reader, CachedReader):

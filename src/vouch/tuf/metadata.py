@@ -495,7 +495,14 @@ class Metadata(Generic[T]):
     @staticmethod
     def from_bytes(data: bytes, expected: type[T] | None = None) -> Metadata[Any]:
         """Parse envelope bytes. ``expected`` pins the ``_type`` (role confusion)."""
-        doc = _obj(canonical.loads(data), "metadata")
+        return Metadata.from_document(canonical.loads(data), data, expected)
+
+    @staticmethod
+    def from_document(document: Any, data: bytes, expected: type[T] | None = None) -> Metadata[Any]:
+        """Like :meth:`from_bytes` for a ``document`` already parsed from ``data`` with
+        :func:`vouch.tuf.canonical.loads` (and not modified since): a caller that had to
+        look into the JSON first does not pay for parsing it twice."""
+        doc = _obj(document, "metadata")
         signed_raw = _obj(doc.get("signed"), "signed")
         sigs_raw = doc.get("signatures")
         if not isinstance(sigs_raw, list):

@@ -86,12 +86,18 @@ class UpdatePlan:
     snapshot_uploaded: bool = False
 
 
-def _parse(role: str, data: bytes) -> Metadata[Any]:
-    """Parse an uploaded file strictly: nothing outside the signed part."""
-    try:
-        doc = loads(data)
-    except FormatError as exc:
-        raise UpdateError("ErrValidation", f"{role}: {exc}") from exc
+_UNPARSED: Any = object()
+
+
+def _parse(role: str, data: bytes, doc: Any = _UNPARSED) -> Metadata[Any]:
+    """Parse an uploaded file strictly: nothing outside the signed part.
+
+    ``doc``: the file as :func:`loads` already parsed it, if the caller did."""
+    if doc is _UNPARSED:
+        try:
+            doc = loads(data)
+        except FormatError as exc:
+            raise UpdateError("ErrValidation", f"{role}: {exc}") from exc
     if not isinstance(doc, dict) or set(doc) != {"signed", "signatures"}:
         extra = sorted(set(doc) - {"signed", "signatures"}) if isinstance(doc, dict) else []
         raise UpdateError(
@@ -106,7 +112,7 @@ def _parse(role: str, data: bytes) -> Metadata[Any]:
                 raise UpdateError("ErrValidation", f"{role}: malformed signature entry")
     expected = roles.TYPE_OF.get(role, "Targets")
     try:
-        md = Metadata.from_bytes(data)
+        md = Metadata.from_document(doc, data)
     except (FormatError, RoleError) as exc:
         raise UpdateError(_err_name(role), f"{role}: {exc}") from exc
     if expected != md.signed.TYPE:
@@ -192,6 +198,8 @@ def validate_update(
     now: datetime,
     *,
     versions: Mapping[str, int] | None = None,
+    documents: Mapping[str, Any] | None = None,
+    stored_root: Metadata[Root] | None = None,
 ) -> UpdatePlan:
     """Check an upload against the GUN's stored current files.
 
@@ -199,15 +207,20 @@ def validate_update(
     versions); ``uploads`` maps role → uploaded
     bytes (role names already checked by the caller). A ``timestamp`` upload
     is ignored, as notary-server ignores it. Raises :class:`UpdateError`.
+
+    Callers that already parsed something may pass it, to save parsing it again:
+    ``documents`` (role → the upload as :func:`loads` parsed it) and
+    ``stored_root`` (``stored["root"]`` parsed, and not modified since).
     """
     # An empty update is valid: the server re-signs what it holds.
     uploads = {r: d for r, d in uploads.items() if r != roles.TIMESTAMP}
-    parsed = {role: _parse(role, data) for role, data in uploads.items()}
+    docs = documents or {}
+    parsed = {role: _parse(role, data, docs.get(role, _UNPARSED)) for role, data in uploads.items()}
 
     # 1. The root in effect.
     old_root: Metadata[Root] | None = None
     if roles.ROOT in stored:
-        old_root = Metadata.from_bytes(stored[roles.ROOT], Root)
+        old_root = stored_root or Metadata.from_bytes(stored[roles.ROOT], Root)
     if roles.ROOT in parsed:
         new_root: Metadata[Root] = parsed[roles.ROOT]
         current = old_root.signed.version if old_root is not None else 1
@@ -344,11 +357,20 @@ def refresh_snapshot(previous: bytes, root_bytes: bytes, now: datetime) -> Metad
 
 
 def plan_timestamp(
-    snapshot_bytes: bytes, previous: bytes | None, now: datetime
+    snapshot_bytes: bytes,
+    previous: bytes | None,
+    now: datetime,
+    *,
+    previous_version: int | None = None,
 ) -> Metadata[Timestamp]:
-    """The server's timestamp over ``snapshot_bytes``, version + 1, 14 days."""
+    """The server's timestamp over ``snapshot_bytes``, version + 1, 14 days.
+
+    ``previous_version``: the previous timestamp's version, when the caller
+    knows it (a storage row carries it), so ``previous`` need not be parsed."""
     version = 1
-    if previous is not None:
+    if previous_version is not None:
+        version = previous_version + 1
+    elif previous is not None:
         version = Metadata.from_bytes(previous, Timestamp).signed.version + 1
     ts = Timestamp(version, "", {roles.SNAPSHOT: FileMeta.for_bytes(snapshot_bytes)})
     ts.set_expires(expiry_for(roles.TIMESTAMP, now))
