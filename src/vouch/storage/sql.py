@@ -163,8 +163,8 @@ class SQLStore:
         self,
         target: DatabaseTarget,
         *,
-        pool_size: int = 10,
-        max_overflow: int = 10,
+        pool_size: int = 20,
+        max_overflow: int = 20,
         pre_ping: bool = True,
     ) -> None:
         self._target = target
