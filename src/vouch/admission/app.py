@@ -1,5 +1,6 @@
 """The admission webhook's HTTP side: ``POST /admit`` (AdmissionReview v1),
-health, and Prometheus metrics (decisions by result, latency, cache hits)."""
+liveness (``/healthz``), readiness (``/readyz``: policies loaded), and
+Prometheus metrics (decisions by result, latency, cache hits)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,12 @@ def build_admission_app(reviewer: Reviewer) -> Starlette:
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def ready(_: Request) -> Response:
+        """Readiness: the policies are loaded (a cluster's first complete list)."""
+        if reviewer.ready is not None and not reviewer.ready.is_set():
+            return JSONResponse({"status": "policies not loaded yet"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -74,6 +81,7 @@ def build_admission_app(reviewer: Reviewer) -> Starlette:
         routes=[
             Route("/admit", admit, methods=["POST"]),
             Route("/healthz", health, methods=["GET"]),
+            Route("/readyz", ready, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ]
     )

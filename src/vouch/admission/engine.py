@@ -2,7 +2,8 @@
 
 Shared by the admission webhook and ``vouch policy check``. Trust data is
 fetched and verified by vouch's client (full TUF rules, pinned roots where
-the policy pins them) and cached per (trust server, GUN, pinning) for a
+the policy pins them) and cached per (trust server, GUN, pinning, the
+server's CA) for a
 bounded time, never past the trust data's own expiry.
 """
 
@@ -96,8 +97,8 @@ class Engine:
         self.cache_ttl = cache_ttl
         self.default_trust_server = default_trust_server
         self._remotes: dict[tuple[str, bytes | None, str], Remote] = {}
-        self._trust: dict[tuple[str, str, str], tuple[float, TrustedSet]] = {}
-        self._inflight: dict[tuple[str, str, str], asyncio.Future[TrustedSet]] = {}
+        self._trust: dict[tuple[str, str, str, str], tuple[float, TrustedSet]] = {}
+        self._inflight: dict[tuple[str, str, str, str], asyncio.Future[TrustedSet]] = {}
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -121,7 +122,10 @@ class Engine:
         except InvalidReferenceError as exc:
             decision.reasons.append(f"Deny {image!r}: {exc}")
             return decision
-        match, why = best_match(self.policies.documents, namespace, ref)
+        # One policy set for the whole decision: the watcher may swap in a new
+        # one (a watch event) while this decision awaits the trust server.
+        policies = self.policies
+        match, why = best_match(policies.documents, namespace, ref)
         if match is None:
             decision.reasons.append(f"Deny {image!r}: {why}")
             return decision
@@ -133,7 +137,14 @@ class Engine:
             return decision
         decision.mode = policy.mode
         try:
-            await self._enforce(ref, policy, namespace, decision, credentials or {})
+            await self._enforce(
+                ref,
+                policy,
+                policies=policies,
+                namespace=namespace,
+                decision=decision,
+                credentials=credentials or {},
+            )
         except (DenyError, PolicyError, TrustError) as exc:
             decision.reasons.append(f"Deny {image!r}: {exc}")
         except Exception as exc:
@@ -151,6 +162,8 @@ class Engine:
         self,
         ref: ImageReference,
         policy: RulePolicy,
+        *,
+        policies: PolicySet,
         namespace: str | None,
         decision: ImageDecision,
         credentials: Mapping[str, Credentials],
@@ -164,11 +177,11 @@ class Engine:
             decision.allowed = True
             decision.reasons.append(f"allowed by {decision.policy} (no trust requirement)")
             return
-        signers = resolve_signers(trust, self.policies, namespace)
+        signers = resolve_signers(trust, policies, namespace)
         login = credentials.get(ref.domain)
         if trust.credentials_secret:
             # The policy's own registry login wins over the pod's pull secrets.
-            secret = self.policies.secret(trust.credentials_secret, namespace)
+            secret = policies.secret(trust.credentials_secret, namespace)
             if secret is None:
                 raise DenyError(f"credentials secret {trust.credentials_secret} not found")
             login = docker_credentials(secret).get(ref.domain, login)
@@ -202,7 +215,11 @@ class Engine:
         server = self._server(ref, trust)
         pinning = self._pinning(ref, trust)
         pin_id = hashlib.sha256(repr(pinning).encode()).hexdigest()[:16]
-        key = (server, ref.name, pin_id)
+        # Everything of the policy that decides how trust data is fetched is in
+        # the key (server, pinned roots, the server's CA): a policy that changes
+        # one of them never gets data fetched under the old one.
+        ca_id = hashlib.sha256(trust.server_ca or b"").hexdigest()[:16]
+        key = (server, ref.name, pin_id, ca_id)
         hit = self._trust.get(key)
         now = time.monotonic()
         if hit is not None and hit[0] > now:

@@ -33,6 +33,7 @@ from vouch.client.auth import Credentials
 log = logging.getLogger("vouch.admission")
 
 ORIGINAL_ANNOTATION = "vouch.dev/original-images"
+NOT_READY = "image policies are not loaded from the Kubernetes API yet; denied (fail closed)"
 CONTAINER_TYPES = ("initContainers", "containers", "ephemeralContainers")
 # Where the pod spec lives in each kind the webhook handles.
 POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
@@ -130,8 +131,12 @@ class Reviewer:
         secrets: SecretSource | None = None,
         deadline: float = 8.0,
         observe: Callable[[str, float], None] | None = None,
+        ready: asyncio.Event | None = None,
     ) -> None:
         self.engine = engine
+        # Set once the policies are loaded (in a cluster: the first complete
+        # list); until then a review waits for it within the deadline.
+        self.ready = ready
         self.owners = owners
         self.secrets = secrets
         self.deadline = deadline
@@ -160,12 +165,23 @@ class Reviewer:
         images = images_of(obj, kind)
         if not images:
             return ReviewResult(uid, True, reason="no-images")
+        started = time.monotonic()
+        if self.ready is not None and not self.ready.is_set():
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout=self.deadline)
+            except TimeoutError:
+                return ReviewResult(
+                    uid,
+                    False,
+                    [NOT_READY],
+                    reason="not-ready",
+                )
         if await self._owned_by_verified_parent(obj, namespace, images):
             return ReviewResult(uid, True, reason="owner")
         try:
             decisions = await asyncio.wait_for(
                 self._decide({c.image for c in images}, namespace, obj, kind),
-                timeout=self.deadline,
+                timeout=max(0.0, self.deadline - (time.monotonic() - started)),
             )
         except TimeoutError:
             return ReviewResult(

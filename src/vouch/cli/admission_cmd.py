@@ -19,8 +19,23 @@ import click
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Policies from YAML files (config-map mode).",
 )
-@click.option("--kubernetes", is_flag=True, help="Read policies and secrets from the API server.")
-@click.option("--policy-refresh", default=5.0, show_default=True, help="Seconds between re-reads.")
+@click.option(
+    "--kubernetes", is_flag=True, help="Watch policies and their Secrets through the API server."
+)
+@click.option(
+    "--watch-timeout",
+    default=300,
+    show_default=True,
+    type=click.IntRange(10, 3600),
+    help="Seconds the API server keeps one watch open before it is re-opened.",
+)
+@click.option(
+    "--missing-crd-retry",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="Seconds between lists of a policy CRD that is not installed.",
+)
 @click.option(
     "--deadline",
     default=8.0,
@@ -37,7 +52,8 @@ def admission(
     plain_http: bool,
     policy_files: tuple[Path, ...],
     kubernetes: bool,
-    policy_refresh: float,
+    watch_timeout: int,
+    missing_crd_retry: float,
     deadline: float,
     cache_ttl: float,
     trust_server: str | None,
@@ -50,8 +66,9 @@ def admission(
     import uvicorn
 
     from vouch.admission.app import build_admission_app
+    from vouch.admission.cluster import PolicyWatcher
     from vouch.admission.engine import Engine
-    from vouch.admission.kube import KubeClient, PolicyWatcher
+    from vouch.admission.kube import KubeClient
     from vouch.admission.policy import PolicyError, PolicySet, load_policies
     from vouch.admission.webhook import Reviewer
     from vouch.server.main import split_listen
@@ -81,8 +98,12 @@ def admission(
             def apply(fresh: PolicySet) -> None:
                 engine.policies = fresh
 
-            watcher = PolicyWatcher(kube, apply, interval=policy_refresh)
-            await watcher.refresh()
+            # Served from the start (liveness), ready once the first lists are
+            # complete; reviews before that wait within the deadline.
+            watcher = PolicyWatcher(
+                kube, apply, watch_timeout=watch_timeout, missing_retry=missing_crd_retry
+            )
+            reviewer.ready = watcher.ready
             watcher.start()
         app = build_admission_app(reviewer)
         host, port = split_listen(listen)
