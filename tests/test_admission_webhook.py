@@ -15,7 +15,7 @@ import pytest
 
 from test_admission import MANIFEST_V1, POLICIES, REGISTRY, Stack, _digest, _publish
 from vouch.admission.app import build_admission_app
-from vouch.admission.webhook import ORIGINAL_ANNOTATION, POD_SPEC_PATHS, Reviewer
+from vouch.admission.webhook import ORIGINAL_ANNOTATION, POD_SPEC_PATHS, OwnerLookup, Reviewer
 
 SIGNED = f"{REGISTRY}/app/web:v1"
 UNSIGNED = f"{REGISTRY}/app/web:v9"
@@ -111,7 +111,7 @@ class FakeOwners:
 
 
 async def _client(
-    tmp: Path, owners: FakeOwners | None = None, deadline: float = 8.0
+    tmp: Path, owners: OwnerLookup | None = None, deadline: float = 8.0
 ) -> httpx.AsyncClient:
     stack = Stack(tmp)
     await _publish(stack, f"{REGISTRY}/app/web")
@@ -226,3 +226,40 @@ def test_bad_reviews_and_metrics(tmp_path: Path) -> None:
         assert (await client.get("/healthz")).status_code == 200
 
     asyncio.run(go())
+
+
+def test_owner_being_deleted_vouches_for_nothing(tmp_path: Path) -> None:
+    """The attack: hold a Deployment with a finalizer, delete it, swap its
+    template for an unsigned image (updates of objects being deleted are not
+    blocked), then create a Pod owned by it with that image."""
+    from kube_apiserver import KubeAPIServer
+    from vouch.admission.kube import KubeClient
+
+    with KubeAPIServer(tmp_path) as api:
+
+        async def go() -> None:
+            token = tmp_path / "token"
+            token.write_text(api.token)
+            kube = KubeClient.from_files(api.url, token, api.tls.ca_cert)
+            client = await _client(tmp_path, owners=kube)
+            deployment = workload("Deployment", pod_spec([PINNED]), finalizers=["hold"])
+            stored = api.put(deployment)
+            uid = stored["metadata"]["uid"]
+            ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w", "uid": uid}
+            child = workload("Pod", pod_spec([PINNED]), ownerReferences=[ref])
+            assert (await _admit(client, review(child)))["allowed"] is True
+            # being deleted, then its template swapped unchecked
+            deleting = workload(
+                "Deployment",
+                pod_spec([UNSIGNED]),
+                finalizers=["hold"],
+                deletionTimestamp="2026-12-03T00:00:00Z",
+            )
+            assert (await _admit(client, review(deleting, "UPDATE")))["allowed"] is True
+            api.put(deleting)
+            evil = workload("Pod", pod_spec([UNSIGNED]), ownerReferences=[ref])
+            answer = await _admit(client, review(evil))
+            assert answer["allowed"] is False, answer
+            await kube.aclose()
+
+        asyncio.run(go())

@@ -10,8 +10,9 @@ every failing image. Fail closed: an internal error or a timeout denies.
 
 Known Portieris bypasses are closed here: objects with zero replicas are
 checked like any other; an owner reference is only honoured if the owner
-exists with that UID and carries every image of the object; updates of
-objects being deleted are never blocked (they cannot start containers).
+exists with that UID, is not being deleted, and carries every image of the
+object; updates of objects being deleted are never blocked (they cannot
+start containers, and such an owner vouches for no child).
 """
 
 from __future__ import annotations
@@ -268,7 +269,12 @@ class Reviewer:
             except Exception as exc:  # an unreadable owner proves nothing
                 log.warning("cannot read owner %s/%s: %s", kind, ref.get("name"), exc)
                 continue
-            if owner is None or (owner.get("metadata") or {}).get("uid") != ref.get("uid"):
+            meta = (owner or {}).get("metadata") or {}
+            if owner is None or meta.get("uid") != ref.get("uid"):
+                continue
+            if meta.get("deletionTimestamp"):
+                # Updates of objects being deleted are admitted unchecked, so
+                # an owner being deleted may carry images nobody verified.
                 continue
             owner_images = {c.image for c in images_of(owner, kind)}
             if {c.image for c in images} <= owner_images:
