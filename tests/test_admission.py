@@ -72,11 +72,23 @@ def test_glob_semantics() -> None:
         ("registry.example.com/*", "registry.example.com:5000/app:v1"),  # another port
         ("registry.example.com:5000/*", "registry.example.com:5001/app:v1"),
         ("docker.io/library/*", "docker.io/evil/library/app:v1"),
+        # patterns without a "/": the literal before the "*" is the whole host
+        ("registry.example.com*", "registry.example.com.evil.net/app:v1"),
+        ("registry.example.com:5000*", "registry.example.com:50001/app:v1"),
+        ("registry.example.com*", "registry.example.com:5000/app:v1"),
+        ("registry.example*", "registry.example.com/app:v1"),
     ],
 )
 def test_host_anchored_matching_refuses_bypasses(pattern: str, image: str) -> None:
     assert not pattern_matches(pattern, image)
     assert not pattern_matches(pattern + ":*", image)
+
+
+def test_host_prefix_patterns_still_match_their_host() -> None:
+    assert pattern_matches("registry.example.com*", "registry.example.com/app:v1")
+    assert pattern_matches("registry.example.com:5000*", "registry.example.com:5000/a/b:v1")
+    assert pattern_matches("*", "evil.example/app:v1")
+    assert pattern_matches("*:v1", "evil.example/app:v1")
 
 
 POLICIES = textwrap.dedent(
