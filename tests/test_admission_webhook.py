@@ -221,8 +221,7 @@ def test_bad_reviews_and_metrics(tmp_path: Path) -> None:
         assert (await client.post("/admit", json={"request": {}})).status_code == 400
         await _admit(client, review(workload("Pod", pod_spec([SIGNED]))))
         metrics = (await client.get("/metrics")).text
-        assert 'vouch_admission_decisions_total{result="mutated"}' in metrics
-        assert "vouch_admission_review_duration_seconds_bucket" in metrics
+        assert 'vouch_admission_decisions_total{reason="mutated",result="allow"} 1.0' in metrics
         assert (await client.get("/healthz")).status_code == 200
 
     asyncio.run(go())
@@ -263,3 +262,60 @@ def test_owner_being_deleted_vouches_for_nothing(tmp_path: Path) -> None:
             await kube.aclose()
 
         asyncio.run(go())
+
+
+def test_metrics_count_decisions_by_result_and_reason(tmp_path: Path) -> None:
+    """Decisions by result and reason, latency, cache hits and misses, and
+    trust-server errors (a trust server nobody listens on)."""
+    from vouch.admission.policy import TrustPolicy
+    from vouch.client.auth import TokenAuth
+    from vouch.client.remote import Remote
+
+    down = f"""
+---
+apiVersion: policy.vouch.dev/v1
+kind: ImagePolicy
+metadata: {{name: down, namespace: down}}
+spec:
+  repositories:
+  - name: "{REGISTRY}/*"
+    policy: {{trust: {{enabled: true, trustServer: "http://127.0.0.1:9"}}}}
+"""
+
+    async def go() -> None:
+        stack = Stack(tmp_path)
+        await _publish(stack, f"{REGISTRY}/app/web")
+
+        def remotes(server: str, trust: TrustPolicy, auth: TokenAuth | None) -> Remote:
+            return stack.remote() if server == "http://vouch.test" else Remote(server)
+
+        engine = stack.engine(POLICIES + down)
+        engine.remote_factory = remotes
+        app = build_admission_app(Reviewer(engine))
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://w")
+        for obj in (
+            workload("Pod", pod_spec([SIGNED])),
+            workload("Pod", pod_spec([SIGNED])),
+            workload("Pod", pod_spec([UNSIGNED])),
+            workload("Pod", pod_spec(["quay.io/nobody/x:1"]), namespace="team"),
+            workload("Pod", pod_spec([SIGNED]), namespace="down"),
+        ):
+            await _admit(client, review(obj))
+        metrics = (await client.get("/metrics")).text
+        samples = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line and not line.startswith("#")
+        }
+        decided = 'vouch_admission_decisions_total{{reason="{}",result="{}"}}'
+        assert samples[decided.format("mutated", "allow")] == 2
+        assert samples[decided.format("not-trusted", "deny")] == 1
+        assert samples[decided.format("no-policy", "deny")] == 1
+        assert samples[decided.format("trust-unavailable", "deny")] == 1
+        assert samples["vouch_admission_review_duration_seconds_count"] == 5
+        assert samples["vouch_admission_trust_cache_hits_total"] >= 1
+        assert samples["vouch_admission_trust_cache_misses_total"] >= 2
+        assert samples["vouch_admission_trust_server_errors_total"] == 1
+        await engine.aclose()
+
+    asyncio.run(go())

@@ -51,6 +51,9 @@ class ImageDecision:
     policy: str | None = None
     mode: str = "enforce"
     warnings: list[str] = field(default_factory=list)
+    # why a denial: invalid-image, no-policy, not-trusted, trust-unavailable
+    # (the webhook's metrics count decisions by it)
+    category: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -101,6 +104,7 @@ class Engine:
         self._inflight: dict[tuple[str, str, str, str], asyncio.Future[TrustedSet]] = {}
         self.cache_hits = 0
         self.cache_misses = 0
+        self.trust_errors = 0  # fetches that failed for another reason than a TUF check
 
     async def aclose(self) -> None:
         for remote in self._remotes.values():
@@ -121,6 +125,7 @@ class Engine:
             ref = parse(image)
         except InvalidReferenceError as exc:
             decision.reasons.append(f"Deny {image!r}: {exc}")
+            decision.category = "invalid-image"
             return decision
         # One policy set for the whole decision: the watcher may swap in a new
         # one (a watch event) while this decision awaits the trust server.
@@ -128,6 +133,7 @@ class Engine:
         match, why = best_match(policies.documents, namespace, ref)
         if match is None:
             decision.reasons.append(f"Deny {image!r}: {why}")
+            decision.category = "no-policy"
             return decision
         decision.policy = f"{match.document.label} ({match.rule.name})"
         policy = match.rule.policy
@@ -147,8 +153,11 @@ class Engine:
             )
         except (DenyError, PolicyError, TrustError) as exc:
             decision.reasons.append(f"Deny {image!r}: {exc}")
+            decision.category = "not-trusted"
         except Exception as exc:
+            self.trust_errors += 1
             decision.reasons.append(f"Deny {image!r}: trust data unavailable: {exc}")
+            decision.category = "trust-unavailable"
         if not decision.allowed and policy.mode == "audit":
             decision.warnings = decision.reasons
             decision.reasons = [f"audit mode: {decision.policy} would deny {image!r}"]

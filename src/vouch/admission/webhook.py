@@ -131,7 +131,7 @@ class Reviewer:
         owners: OwnerLookup | None = None,
         secrets: SecretSource | None = None,
         deadline: float = 8.0,
-        observe: Callable[[str, float], None] | None = None,
+        observe: Callable[[bool, str, float], None] | None = None,
         ready: asyncio.Event | None = None,
     ) -> None:
         self.engine = engine
@@ -150,7 +150,7 @@ class Reviewer:
             raise ValueError("not an AdmissionReview request")
         result = await self._review(request)
         if self.observe is not None:
-            self.observe(result.reason, time.monotonic() - start)
+            self.observe(result.allowed, result.reason, time.monotonic() - start)
         return result
 
     async def _review(self, request: dict[str, Any]) -> ReviewResult:
@@ -203,7 +203,14 @@ class Reviewer:
                 result.patch.append({"op": "replace", "path": container.path, "value": d.pinned})
                 originals[container.path] = container.image
         if not result.allowed:
-            result.reason = "denied"
+            # the first failing image's category: no-policy, not-trusted, ...
+            result.reason = (
+                next(
+                    (decisions[c.image].category for c in images if not decisions[c.image].allowed),
+                    "denied",
+                )
+                or "denied"
+            )
             result.patch = []
             return result
         if originals:
