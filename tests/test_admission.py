@@ -359,3 +359,60 @@ def test_unsupported_portieris_features_fail_closed(tmp_path: Path) -> None:
         assert not none.allowed and "no image policies" in none.reasons[0]
 
     asyncio.run(go())
+
+
+def test_k_of_n_signers(tmp_path: Path) -> None:
+    """vouch's ``threshold``: k of the listed signers must sign the same digest."""
+
+    async def go() -> None:
+        stack = Stack(tmp_path)
+        releases = PrivateKey.generate("ecdsa")
+        qa = PrivateKey.generate("ecdsa")
+        repo = await _publish(stack, f"{REGISTRY}/kofn/app", signer=releases)
+        repo.keys.save(qa, "targets/qa")
+        repo.add_delegation("targets/qa", [qa.public], all_paths=True)
+        await repo.publish()
+
+        def policy(threshold: int | None) -> str:
+            trust: dict[str, object] = {
+                "enabled": True,
+                "trustServer": "http://vouch.test",
+                "signers": [
+                    {"name": "releases", "publicKey": _pem(releases)},
+                    {"name": "qa", "publicKey": _pem(qa)},
+                ],
+            }
+            if threshold is not None:
+                trust["threshold"] = threshold
+            rule = {"name": f"{REGISTRY}/kofn/*", "policy": {"trust": trust}}
+            return yaml.safe_dump(
+                {
+                    "apiVersion": "policy.vouch.dev/v1",
+                    "kind": "ClusterImagePolicy",
+                    "metadata": {"name": "kofn"},
+                    "spec": {"repositories": [rule]},
+                }
+            )
+
+        image = f"{REGISTRY}/kofn/app:v1"
+        # only releases has signed v1
+        for threshold in (2, None):  # None: all of them
+            d = await stack.engine(policy(threshold)).check(image)
+            assert not d.allowed and "1 of 2 required signers" in d.reasons[0], d.reasons
+            assert "targets/qa" in d.reasons[0]
+        one = await stack.engine(policy(1)).check(image)
+        assert one.allowed and one.digest == _digest(MANIFEST_V1), one.reasons
+        # qa signs another digest: still 1 of 2
+        repo.add_target("v1", MANIFEST_V2, roles_to=["targets/qa"])
+        await repo.publish()
+        d = await stack.engine(policy(2)).check(image)
+        assert not d.allowed and "another digest" in d.reasons[0]
+        # qa signs the same digest: 2 of 2
+        repo.add_target("v1", MANIFEST_V1, roles_to=["targets/qa"])
+        await repo.publish()
+        both = await stack.engine(policy(2)).check(image)
+        assert both.allowed and both.digest == _digest(MANIFEST_V1), both.reasons
+        with pytest.raises(PolicyError, match="threshold 3 exceeds"):
+            load_policies(policy(3))
+
+    asyncio.run(go())
