@@ -143,6 +143,12 @@ def test_bad_policy_documents_are_errors() -> None:
         )
     with pytest.raises(PolicyError):
         load_policies(": : :")
+    for field in ("trustServerCA", "rootCA"):
+        with pytest.raises(PolicyError, match=f"{field} is not a PEM certificate bundle"):
+            load_policies(
+                "apiVersion: policy.vouch.dev/v1\nkind: ClusterImagePolicy\nspec:\n"
+                f"  repositories:\n  - name: x\n    policy: {{trust: {{{field}: not-a-pem}}}}"
+            )
 
 
 # -- decisions over real trust data ------------------------------------------------
@@ -416,3 +422,72 @@ def test_k_of_n_signers(tmp_path: Path) -> None:
             load_policies(policy(3))
 
     asyncio.run(go())
+
+
+def test_per_policy_trust_server_ca(tmp_path: Path) -> None:
+    """vouch's ``trustServerCA``: the trust server's TLS certificate must chain
+    to the policy's CA (a real TLS server on a socket, the production remote)."""
+    import threading
+
+    import uvicorn
+
+    from vouch.server.devtls import ensure_dev_tls
+
+    async def publish(stack: Stack) -> None:
+        await _publish(stack, f"{REGISTRY}/tls/app")
+
+    stack = Stack(tmp_path)
+    asyncio.run(publish(stack))
+    tls = ensure_dev_tls(tmp_path / "tls")
+    other = ensure_dev_tls(tmp_path / "other-ca")
+    config = uvicorn.Config(
+        stack.transport.app,
+        host="127.0.0.1",
+        port=0,
+        ssl_certfile=str(tls.server_cert),
+        ssl_keyfile=str(tls.server_key),
+        log_level="warning",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            threading.Event().wait(0.02)
+        assert server.started, "the TLS trust server did not start"
+        port = server.servers[0].sockets[0].getsockname()[1]
+
+        def policy(ca: Path | None) -> str:
+            trust: dict[str, object] = {"enabled": True, "trustServer": f"https://127.0.0.1:{port}"}
+            if ca is not None:
+                trust["trustServerCA"] = ca.read_text()
+            rule = {"name": f"{REGISTRY}/tls/*", "policy": {"trust": trust}}
+            return yaml.safe_dump(
+                {
+                    "apiVersion": "policy.vouch.dev/v1",
+                    "kind": "ClusterImagePolicy",
+                    "metadata": {"name": "tls"},
+                    "spec": {"repositories": [rule]},
+                }
+            )
+
+        async def decide(ca: Path | None, name: str) -> tuple[bool, list[str]]:
+            engine = Engine(load_policies(policy(ca)), cache_dir=tmp_path / name)
+            try:
+                d = await engine.check(f"{REGISTRY}/tls/app:v1")
+            finally:
+                await engine.aclose()
+            return d.allowed, d.reasons
+
+        ok, why = asyncio.run(decide(tls.ca_cert, "right"))
+        assert ok, why
+        wrong, why = asyncio.run(decide(other.ca_cert, "wrong"))
+        assert not wrong and "unavailable" in why[0], why
+        system, why = asyncio.run(decide(None, "system"))  # the system CAs do not know it
+        assert not system, why
+    finally:
+        server.should_exit = True
+        thread.join(10)

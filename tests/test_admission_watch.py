@@ -535,6 +535,11 @@ def test_trust_cache_is_keyed_by_what_the_policy_says_about_fetching(tmp_path: P
     """A policy that changes the trust server's CA never gets trust data that
     was fetched under the old CA from the cache."""
 
+    from vouch.server.devtls import ensure_dev_tls
+
+    one = ensure_dev_tls(tmp_path / "ca-one").ca_cert.read_text()
+    two = ensure_dev_tls(tmp_path / "ca-two").ca_cert.read_text()
+
     def policy(ca: str) -> PolicySet:
         return load_policies(
             f"""
@@ -545,7 +550,7 @@ spec:
   repositories:
   - name: "{REGISTRY}/team/*"
     policy:
-      trust: {{enabled: true, trustServer: "http://vouch.test", trustServerCA: "{ca}"}}
+      trust: {{enabled: true, trustServer: "http://vouch.test", trustServerCA: {json.dumps(ca)}}}
 """
         )
 
@@ -553,12 +558,12 @@ spec:
         stack = Stack(tmp_path)
         await _publish(stack, f"{REGISTRY}/team/api")
         engine = stack.engine("")
-        engine.policies = policy("ca-one")
+        engine.policies = policy(one)
         image = f"{REGISTRY}/team/api:v1"
         assert (await engine.check(image, "x")).allowed
         assert (await engine.check(image, "x")).allowed
         assert (engine.cache_misses, engine.cache_hits) == (1, 1)
-        engine.policies = policy("ca-two")  # as a watch event would
+        engine.policies = policy(two)  # as a watch event would
         assert (await engine.check(image, "x")).allowed
         assert engine.cache_misses == 2
         await engine.aclose()
