@@ -491,3 +491,42 @@ def test_per_policy_trust_server_ca(tmp_path: Path) -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_digest_only_reference_with_required_signer(tmp_path: Path) -> None:
+    """``name@sha256:…`` is allowed only if that digest is signed by the required
+    signer, under any tag; a tag only top-level targets signed does not count."""
+
+    async def go() -> None:
+        stack = Stack(tmp_path)
+        signer = PrivateKey.generate("ecdsa")
+        repo = await _publish(stack, f"{REGISTRY}/dig/app", signer=signer)
+        # "a-old" sorts before "v1": the same digest under a tag the signer never signed
+        repo.add_target("a-old", MANIFEST_V1)
+        repo.add_target("b-unsigned", MANIFEST_V2)
+        await repo.publish()
+        trust = {
+            "enabled": True,
+            "trustServer": "http://vouch.test",
+            "signers": [{"name": "releases", "publicKey": _pem(signer)}],
+        }
+        policy = yaml.safe_dump(
+            {
+                "apiVersion": "policy.vouch.dev/v1",
+                "kind": "ClusterImagePolicy",
+                "metadata": {"name": "dig"},
+                "spec": {
+                    "repositories": [{"name": f"{REGISTRY}/dig/*", "policy": {"trust": trust}}]
+                },
+            }
+        )
+        engine = stack.engine(policy)
+        ok = await engine.check(f"{REGISTRY}/dig/app@{_digest(MANIFEST_V1)}")
+        assert ok.allowed and ok.digest == _digest(MANIFEST_V1), ok.reasons
+        # signed by top-level targets only, never by the required signer
+        bad = await engine.check(f"{REGISTRY}/dig/app@{_digest(MANIFEST_V2)}")
+        assert not bad.allowed and "required signers" in bad.reasons[0], bad.reasons
+        never = await engine.check(f"{REGISTRY}/dig/app@sha256:{'0' * 64}")
+        assert not never.allowed and "is not signed" in never.reasons[0]
+
+    asyncio.run(go())

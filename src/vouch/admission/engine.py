@@ -342,7 +342,19 @@ def _released_digest(
         if not candidates:
             raise DenyError(f"digest {ref.digest} is not signed in {ref.name}")
         if signers:
-            _check_signers(trusted, candidates[0].name, f"sha256:{hexdigest}", signers, trust)
+            # The required signers must sign this digest under one tag; any
+            # tag that satisfies them will do (not just the first found).
+            failure: DenyError | None = None
+            for tag_name in dict.fromkeys(c.name for c in candidates):
+                try:
+                    _check_signers(trusted, tag_name, f"sha256:{hexdigest}", signers, trust)
+                except DenyError as exc:
+                    failure = failure or exc
+                else:
+                    break
+            else:
+                assert failure is not None
+                raise failure
         return f"sha256:{hexdigest}"
     tag = ref.tag or "latest"
     entries = {info.role: info for info in trusted.find_all(tag)}
