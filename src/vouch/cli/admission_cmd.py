@@ -23,6 +23,24 @@ import click
     "--kubernetes", is_flag=True, help="Watch policies and their Secrets through the API server."
 )
 @click.option(
+    "--kube-api",
+    default=None,
+    help="API server URL, to run outside the cluster (with --kube-token-file and --kube-ca-file); "
+    "default: the in-cluster service account.",
+)
+@click.option(
+    "--kube-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Bearer token file (re-read when it changes).",
+)
+@click.option(
+    "--kube-ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA certificate of the API server.",
+)
+@click.option(
     "--watch-timeout",
     default=300,
     show_default=True,
@@ -52,6 +70,9 @@ def admission(
     plain_http: bool,
     policy_files: tuple[Path, ...],
     kubernetes: bool,
+    kube_api: str | None,
+    kube_token_file: Path | None,
+    kube_ca_file: Path | None,
     watch_timeout: int,
     missing_crd_retry: float,
     deadline: float,
@@ -75,6 +96,11 @@ def admission(
 
     if not policy_files and not kubernetes:
         raise click.UsageError("give --policy FILE or --kubernetes")
+    outside = (kube_api, kube_token_file, kube_ca_file)
+    if any(outside) and not (kubernetes and all(outside)):
+        raise click.UsageError(
+            "--kube-api, --kube-token-file and --kube-ca-file go together, with --kubernetes"
+        )
     if not plain_http and (tls_cert is None or tls_key is None):
         raise click.UsageError("give --tls-cert and --tls-key (or --plain-http for local runs)")
     try:
@@ -91,7 +117,11 @@ def admission(
         engine = Engine(
             policies, cache_dir=cache_dir, cache_ttl=cache_ttl, default_trust_server=trust_server
         )
-        kube = KubeClient.in_cluster() if kubernetes else None
+        kube = None
+        if kube_api and kube_token_file and kube_ca_file:
+            kube = KubeClient.from_files(kube_api, kube_token_file, kube_ca_file)
+        elif kubernetes:
+            kube = KubeClient.in_cluster()
         reviewer = Reviewer(engine, owners=kube, secrets=kube, deadline=deadline)
         if kube is not None:
 
