@@ -530,3 +530,27 @@ def test_digest_only_reference_with_required_signer(tmp_path: Path) -> None:
         assert not never.allowed and "is not signed" in never.reasons[0]
 
     asyncio.run(go())
+
+
+def test_a_cancelled_request_does_not_cancel_the_fetch_others_share(tmp_path: Path) -> None:
+    """Two requests for one repository share one fetch; the first hits its
+    deadline (is cancelled) while it runs, and the second still gets its answer."""
+
+    async def go() -> None:
+        stack = Stack(tmp_path)
+        await _publish(stack, f"{REGISTRY}/shared/app")
+        engine = stack.engine(POLICIES)
+        image = f"{REGISTRY}/shared/app:v1"
+        first = asyncio.ensure_future(engine.check(image, "default"))
+        await asyncio.sleep(0)  # the first starts the fetch
+        second = asyncio.ensure_future(engine.check(image, "default"))
+        await asyncio.sleep(0)  # the second waits for it
+        assert engine.cache_misses == 1 and engine.cache_hits == 1
+        first.cancel()
+        decision = await second
+        assert decision.allowed, decision.reasons
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await engine.aclose()
+
+    asyncio.run(go())

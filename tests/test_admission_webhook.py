@@ -208,8 +208,11 @@ def test_updates_of_objects_being_deleted_are_never_blocked(tmp_path: Path) -> N
 def test_internal_deadline_denies_explicitly(tmp_path: Path) -> None:
     async def go() -> None:
         client = await _client(tmp_path, deadline=0.000001)
-        resp = await _admit(client, review(workload("Pod", pod_spec([f"{REGISTRY}/app/fresh:v1"]))))
-        assert resp["allowed"] is False and "timed out" in resp["status"]["message"]
+        fresh = [f"{REGISTRY}/app/fresh:v1", f"{REGISTRY}/app/other:v2"]
+        resp = await _admit(client, review(workload("Pod", pod_spec(fresh))))
+        message = resp["status"]["message"]
+        assert resp["allowed"] is False and "timed out" in message
+        assert all(repr(image) in message for image in fresh), message  # each one named
 
     asyncio.run(go())
 

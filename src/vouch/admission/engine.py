@@ -101,12 +101,14 @@ class Engine:
         self.default_trust_server = default_trust_server
         self._remotes: dict[tuple[str, bytes | None, str], Remote] = {}
         self._trust: dict[tuple[str, str, str, str], tuple[float, TrustedSet]] = {}
-        self._inflight: dict[tuple[str, str, str, str], asyncio.Future[TrustedSet]] = {}
+        self._inflight: dict[tuple[str, str, str, str], asyncio.Task[TrustedSet]] = {}
         self.cache_hits = 0
         self.cache_misses = 0
         self.trust_errors = 0  # fetches that failed for another reason than a TUF check
 
     async def aclose(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
         for remote in self._remotes.values():
             await remote.aclose()
 
@@ -237,27 +239,51 @@ class Engine:
         pending = self._inflight.get(key)
         if pending is not None:
             self.cache_hits += 1
-            return await asyncio.shield(pending)
-        self.cache_misses += 1
-        future: asyncio.Future[TrustedSet] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
+        else:
+            # The fetch is a task of its own, shared by every request that
+            # wants this key meanwhile: one request hitting its deadline (and
+            # being cancelled) must not cancel the fetch the others wait for.
+            self.cache_misses += 1
             previous = hit[1] if hit is not None else None
+            pending = asyncio.get_running_loop().create_task(
+                self._fetch_and_cache(
+                    key,
+                    server=server,
+                    ref=ref,
+                    trust=trust,
+                    pinning=pinning,
+                    pin_id=pin_id,
+                    login=login,
+                    previous=previous,
+                )
+            )
+            pending.add_done_callback(_retrieve)
+            self._inflight[key] = pending
+        return await asyncio.shield(pending)
+
+    async def _fetch_and_cache(
+        self,
+        key: tuple[str, str, str, str],
+        *,
+        server: str,
+        ref: ImageReference,
+        trust: TrustPolicy,
+        pinning: TrustPinning,
+        pin_id: str,
+        login: Credentials | None,
+        previous: TrustedSet | None,
+    ) -> TrustedSet:
+        try:
             trusted = await self._fetch(
                 server, ref, trust, pinning, pin_id, login=login, previous=previous
             )
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters get it, nobody logs "never retrieved"
-            raise
         finally:
             self._inflight.pop(key, None)
-        future.set_result(trusted)
         ttl = self.cache_ttl
         if trusted.timestamp is not None:
             left = (trusted.timestamp.signed.expires_at - timefmt.now()).total_seconds()
             ttl = max(0.0, min(ttl, left))
-        self._trust[key] = (now + ttl, trusted)
+        self._trust[key] = (time.monotonic() + ttl, trusted)
         return trusted
 
     async def _fetch(
@@ -306,6 +332,12 @@ async def _still_current(remote: Remote, gun: str, trusted: TrustedSet) -> bool:
     now = timefmt.now()
     loaded = [trusted.root, stamp, trusted.snapshot, *trusted.targets.values()]
     return all(md is not None and not md.signed.is_expired(now) for md in loaded)
+
+
+def _retrieve(task: asyncio.Task[TrustedSet]) -> None:
+    """Mark a shared fetch's failure as seen (its waiters, if any, got it)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _fixed(login: Credentials) -> Callable[[str], Credentials]:

@@ -179,18 +179,22 @@ class Reviewer:
                 )
         if await self._owned_by_verified_parent(obj, namespace, images):
             return ReviewResult(uid, True, reason="owner")
-        try:
-            decisions = await asyncio.wait_for(
-                self._decide({c.image for c in images}, namespace, obj, kind),
-                timeout=max(0.0, self.deadline - (time.monotonic() - started)),
-            )
-        except TimeoutError:
-            return ReviewResult(
-                uid,
-                False,
-                [f"verification timed out after {self.deadline:.1f}s; denied (fail closed)"],
-                reason="timeout",
-            )
+        remaining = max(0.0, self.deadline - (time.monotonic() - started))
+        decisions, late = await self._decide(
+            {c.image for c in images}, namespace, obj, kind, remaining
+        )
+        if late:
+            # Fail closed, naming what could not be verified in time (and
+            # anything already denied).
+            messages = [
+                f"verification of {image!r} timed out after {self.deadline:.1f}s; "
+                "denied (fail closed)"
+                for image in late
+            ]
+            for d in decisions.values():
+                if not d.allowed:
+                    messages.extend(d.reasons)
+            return ReviewResult(uid, False, messages, reason="timeout")
         result = ReviewResult(uid, True)
         originals: dict[str, str] = {}
         for container in images:
@@ -219,12 +223,29 @@ class Reviewer:
         return result
 
     async def _decide(
-        self, images: set[str], namespace: str | None, obj: dict[str, Any], kind: str
-    ) -> dict[str, ImageDecision]:
-        creds = await self._credentials(obj, kind, namespace)
+        self,
+        images: set[str],
+        namespace: str | None,
+        obj: dict[str, Any],
+        kind: str,
+        timeout: float,
+    ) -> tuple[dict[str, ImageDecision], list[str]]:
+        """The decisions made within ``timeout``, and the images left undecided."""
         ordered = sorted(images)
-        found = await asyncio.gather(*(self.engine.check(i, namespace, creds) for i in ordered))
-        return dict(zip(ordered, found, strict=True))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        try:
+            creds = await asyncio.wait_for(self._credentials(obj, kind, namespace), timeout)
+        except TimeoutError:
+            return {}, ordered
+        tasks = {i: loop.create_task(self.engine.check(i, namespace, creds)) for i in ordered}
+        _, pending = await asyncio.wait(tasks.values(), timeout=max(0.0, end - loop.time()))
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        late = [i for i in ordered if tasks[i] in pending]
+        return {i: tasks[i].result() for i in ordered if tasks[i] not in pending}, late
 
     async def _credentials(
         self, obj: dict[str, Any], kind: str, namespace: str | None
