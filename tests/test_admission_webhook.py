@@ -322,3 +322,40 @@ spec:
         await engine.aclose()
 
     asyncio.run(go())
+
+
+def test_pod_updates_check_only_new_images(tmp_path: Path) -> None:
+    """A pod that predates the webhook (unsigned, unpinned image) gets a label or
+    an ephemeral container (`kubectl debug`): only the new image is checked and
+    patched, since the API server refuses any other change in those updates."""
+
+    async def go() -> None:
+        client = await _client(tmp_path)
+        old = workload("Pod", pod_spec([UNSIGNED]))
+        labelled = workload("Pod", pod_spec([UNSIGNED]), labels={"x": "y"})
+        body = review(labelled, "UPDATE")
+        body["request"]["oldObject"] = old
+        answer = await _admit(client, body)
+        assert answer["allowed"] is True and "patch" not in answer
+        # kubectl debug with a signed image: only the ephemeral container is pinned
+        debug = workload("Pod", pod_spec([UNSIGNED], ephemeral=[SIGNED]))
+        body = review(debug, "UPDATE")
+        body["request"]["oldObject"] = old
+        body["request"]["subResource"] = "ephemeralcontainers"
+        answer = await _admit(client, body)
+        assert answer["allowed"] is True
+        patch = json.loads(base64.b64decode(answer["patch"]))
+        assert [op["path"] for op in patch if op["path"].endswith("/image")] == [
+            "/spec/ephemeralContainers/0/image"
+        ]
+        # an unsigned debug image, or a container image changed to one, is denied
+        evil = workload("Pod", pod_spec([UNSIGNED], ephemeral=[UNSIGNED]))
+        body = review(evil, "UPDATE")
+        body["request"]["oldObject"] = old
+        assert (await _admit(client, body))["allowed"] is False
+        swapped = workload("Pod", pod_spec([f"{REGISTRY}/app/web:v8"]))
+        body = review(swapped, "UPDATE")
+        body["request"]["oldObject"] = workload("Pod", pod_spec([SIGNED]))
+        assert (await _admit(client, body))["allowed"] is False
+
+    asyncio.run(go())

@@ -164,6 +164,16 @@ class Reviewer:
         if kind not in POD_SPEC_PATHS:
             return ReviewResult(uid, True, reason="unsupported-kind")
         images = images_of(obj, kind)
+        old = request.get("oldObject")
+        if operation == "UPDATE" and kind == "Pod" and isinstance(old, dict):
+            # A running pod's containers cannot be restarted with another image
+            # except by changing it: only images new in this update are checked
+            # (and pinned). Re-checking the others would deny `kubectl debug`
+            # (the ephemeralcontainers subresource may change nothing else) or
+            # a label change on pods started before a tag was re-signed, and
+            # pinning them would restart containers that predate the webhook.
+            before = {(c.path, c.image) for c in images_of(old, kind)}
+            images = [c for c in images if (c.path, c.image) not in before]
         if not images:
             return ReviewResult(uid, True, reason="no-images")
         started = time.monotonic()
