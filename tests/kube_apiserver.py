@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,8 @@ class WatchRecord:
 class Faults:
     fail_status: int | None = None  # every request fails with this status while set
     hold_lists: threading.Event | None = None  # lists wait for it
-    during_list: Callable[[], None] | None = None  # runs once between snapshot and answer
+    # path -> a hook run once between a list's snapshot and its answer
+    during_list: dict[str, Callable[[], None]] = field(default_factory=dict)
 
 
 def status(code: int, reason: str, message: str) -> Obj:
@@ -331,6 +332,8 @@ def _handler(api: KubeAPIServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def do_GET(self) -> None:
+            with api.cond:  # a drop or expiry from now on reaches this request too
+                self.generation = (api._drop, api._expire)
             url = urlsplit(self.path)
             q = {k: v[-1] for k, v in parse_qs(url.query).items()}
             token = self.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -372,7 +375,7 @@ def _handler(api: KubeAPIServer) -> type[BaseHTTPRequestHandler]:
             code, body = api.list_body(rtype, namespace, name, q)
             if api.faults.hold_lists is not None:
                 api.faults.hold_lists.wait(30)
-            hook, api.faults.during_list = api.faults.during_list, None
+            hook = api.faults.during_list.pop(url.path, None)
             if hook is not None:
                 hook()
             self._json(code, body)
@@ -392,8 +395,7 @@ def _handler(api: KubeAPIServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            with api.cond:
-                drop, expire = api._drop, api._expire
+            drop, expire = self.generation
             if since < api.compacted:
                 message = f"too old resource version: {since} ({api.compacted})"
                 self._chunk({"type": "ERROR", "object": status(410, "Expired", message)})

@@ -280,9 +280,10 @@ def test_error_event_relists_and_an_event_during_the_relist_is_not_lost(tmp_path
         def meanwhile() -> None:  # after the list's snapshot, before its answer
             api.put(cluster_policy("hub", "docker.io/library/*"))
 
-        api.faults.during_list = meanwhile
+        api.faults.during_list[CLUSTER_PATH] = meanwhile
+        await until(lambda: any(w.path == CLUSTER_PATH for w in api.watches), "the watch")
         api.expire_watches()  # ERROR event, 410 Expired, on every open watch
-        await until(lambda: api.faults.during_list is None, "a relist")
+        await until(lambda: CLUSTER_PATH not in api.faults.during_list, "a relist")
         await c.caught_up(reflector, api.rv)
         assert reflector.lists >= 2
         # the list did not have the change; the watch from its version did
