@@ -570,3 +570,29 @@ spec:
         await engine.aclose()
 
     asyncio.run(go())
+
+
+def test_a_failing_callback_does_not_stop_the_watch(tmp_path: Path) -> None:
+    from vouch.admission.watch import Collection
+
+    async def body(api: KubeAPIServer, c: Cluster) -> None:
+        calls: list[int] = []
+
+        def on_change() -> None:
+            calls.append(len(calls))
+            if len(calls) == 2:  # the first event after the list
+                raise RuntimeError("a bug in the consumer")
+
+        reflector = Reflector(c.kube, Collection(CLUSTER_PATH), on_change, backoff_max=0.2)
+        task = asyncio.get_running_loop().create_task(reflector.run())
+        try:
+            await asyncio.wait_for(reflector.synced.wait(), 30)
+            api.put(cluster_policy("one", "a.io/*"))
+            await until(lambda: reflector.lists == 2, "a relist after the failure")
+            api.put(cluster_policy("two", "b.io/*"))
+            await c.caught_up(reflector, api.rv)
+            assert set(reflector.items) == {("", "one"), ("", "two")}
+        finally:
+            task.cancel()
+
+    run(tmp_path, body)

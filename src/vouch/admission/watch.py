@@ -175,6 +175,11 @@ class Reflector:
                 if isinstance(exc, WatchError | ValueError):
                     self.resource_version = None  # relist after an ERROR event or garbage
                 await asyncio.sleep(delay)
+            except Exception:  # a bug must not stop the watch for good: start over
+                failures += 1
+                log.exception("%s: unexpected error; relisting", self.collection)
+                self.resource_version = None
+                await asyncio.sleep(self._backoff(failures))
 
     def _backoff(self, failures: int) -> float:
         base = min(self.backoff_max, 0.2 * 2 ** min(failures, 10))
