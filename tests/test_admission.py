@@ -554,3 +554,36 @@ def test_a_cancelled_request_does_not_cancel_the_fetch_others_share(tmp_path: Pa
         await engine.aclose()
 
     asyncio.run(go())
+
+
+def test_pinned_root_key_id_admits_and_mutate_image_false_does_not_patch(tmp_path: Path) -> None:
+    """The positive side of rootKeyIDs (the repository's real root key ID is
+    pinned), and ``mutateImage: false`` admitting without pinning."""
+
+    async def go() -> None:
+        stack = Stack(tmp_path)
+        repo = await _publish(stack, f"{REGISTRY}/pin/app")
+        root = (await repo.refresh()).trusted.root
+        assert root is not None
+        (root_id,) = root.signed.roles["root"].keyids
+        policy = textwrap.dedent(
+            f"""
+            apiVersion: policy.vouch.dev/v1
+            kind: ClusterImagePolicy
+            metadata: {{name: pinned}}
+            spec:
+              repositories:
+                - name: "{REGISTRY}/pin/*"
+                  policy:
+                    mutateImage: false
+                    trust:
+                      enabled: true
+                      trustServer: "http://vouch.test"
+                      rootKeyIDs: ["{root_id}"]
+            """
+        )
+        d = await stack.engine(policy).check(f"{REGISTRY}/pin/app:v1")
+        assert d.allowed and d.digest == _digest(MANIFEST_V1), d.reasons
+        assert d.pinned is None  # mutateImage: false
+
+    asyncio.run(go())
