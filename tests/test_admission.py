@@ -587,3 +587,47 @@ def test_pinned_root_key_id_admits_and_mutate_image_false_does_not_patch(tmp_pat
         assert d.pinned is None  # mutateImage: false
 
     asyncio.run(go())
+
+
+def test_pinned_root_ca(tmp_path: Path) -> None:
+    """vouch's ``rootCA``: the repository's root certificate must chain to the
+    policy's CA; a root certified by another CA (or self-signed) is refused."""
+    from test_pinning import _ca, _leaf
+    from vouch.tuf.keys import certificate_key
+
+    async def go() -> None:
+        stack = Stack(tmp_path)
+        ca_key, ca = _ca()
+        _, other_ca = _ca()
+        gun = f"{REGISTRY}/ca/app"
+        repo = stack.repo(gun)
+        priv, leaf = _leaf(ca_key, ca, gun, None)
+        repo.keys.save(priv, "root")
+        await repo.initialize(root_key_id=priv.keyid, root_cert=certificate_key([leaf, ca]))
+        await repo.publish()
+        repo.add_target("v1", MANIFEST_V1)
+        await repo.publish()
+        await _publish(stack, f"{REGISTRY}/ca/self-signed")
+
+        def policy(pem: bytes) -> str:
+            trust = {"enabled": True, "trustServer": "http://vouch.test", "rootCA": pem.decode()}
+            rule = {"name": f"{REGISTRY}/ca/*", "policy": {"trust": trust}}
+            return yaml.safe_dump(
+                {
+                    "apiVersion": "policy.vouch.dev/v1",
+                    "kind": "ClusterImagePolicy",
+                    "metadata": {"name": "ca"},
+                    "spec": {"repositories": [rule]},
+                }
+            )
+
+        pem = ca.public_bytes(serialization.Encoding.PEM)
+        ok = await stack.engine(policy(pem)).check(f"{gun}:v1")
+        assert ok.allowed and ok.digest == _digest(MANIFEST_V1), ok.reasons
+        other = other_ca.public_bytes(serialization.Encoding.PEM)
+        wrong = await stack.engine(policy(other)).check(f"{gun}:v1")
+        assert not wrong.allowed, wrong.reasons
+        self_signed = await stack.engine(policy(pem)).check(f"{REGISTRY}/ca/self-signed:v1")
+        assert not self_signed.allowed, self_signed.reasons
+
+    asyncio.run(go())
