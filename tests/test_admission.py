@@ -631,3 +631,32 @@ def test_pinned_root_ca(tmp_path: Path) -> None:
         assert not self_signed.allowed, self_signed.reasons
 
     asyncio.run(go())
+
+
+def test_cached_trust_data_is_never_used_past_its_expiry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long cache TTL does not outlive the trust data: once the wall clock is
+    past the earliest expiry in the cached set (here the 14-day timestamp), the
+    next decision refetches and verifies. (The in-process server shares the
+    moved clock and re-signs its timestamp, so the refetched data is valid;
+    test_admission_registry covers the denial with a separate server.)"""
+    import datetime as dt
+
+    from vouch.tuf import timefmt
+
+    async def go() -> None:
+        stack = Stack(tmp_path)
+        await _publish(stack, f"{REGISTRY}/exp/app")
+        engine = stack.engine(POLICIES, cache_ttl=10**9)
+        image = f"{REGISTRY}/exp/app:v1"
+        assert (await engine.check(image)).allowed
+        assert (await engine.check(image)).allowed and engine.cache_hits == 1
+        real_now = timefmt.now
+        monkeypatch.setattr(timefmt, "now", lambda: real_now() + dt.timedelta(days=15))
+        late = await engine.check(image)
+        assert engine.cache_misses == 2, "served from the cache past its expiry"
+        assert late.allowed, late.reasons
+        await engine.aclose()
+
+    asyncio.run(go())

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from vouch.admission.kube import docker_credentials
@@ -233,7 +234,7 @@ class Engine:
         key = (server, ref.name, pin_id, ca_id)
         hit = self._trust.get(key)
         now = time.monotonic()
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > now and _earliest_expiry(hit[1]) > timefmt.now():
             self.cache_hits += 1
             return hit[1]
         pending = self._inflight.get(key)
@@ -279,10 +280,10 @@ class Engine:
             )
         finally:
             self._inflight.pop(key, None)
-        ttl = self.cache_ttl
-        if trusted.timestamp is not None:
-            left = (trusted.timestamp.signed.expires_at - timefmt.now()).total_seconds()
-            ttl = max(0.0, min(ttl, left))
+        # Never cached past the earliest expiry of anything in the set (checked
+        # again on each hit, against the wall clock, which may jump).
+        left = (_earliest_expiry(trusted) - timefmt.now()).total_seconds()
+        ttl = max(0.0, min(self.cache_ttl, left))
         self._trust[key] = (time.monotonic() + ttl, trusted)
         return trusted
 
@@ -329,9 +330,17 @@ async def _still_current(remote: Remote, gun: str, trusted: TrustedSet) -> bool:
         return False
     if current != stamp.raw:
         return False
-    now = timefmt.now()
     loaded = [trusted.root, stamp, trusted.snapshot, *trusted.targets.values()]
-    return all(md is not None and not md.signed.is_expired(now) for md in loaded)
+    return all(md is not None for md in loaded) and _earliest_expiry(trusted) > timefmt.now()
+
+
+def _earliest_expiry(trusted: TrustedSet) -> datetime:
+    """When the first piece of a trusted set expires (root, timestamp,
+    snapshot, targets or a delegation); the distant past if one is missing."""
+    loaded = [trusted.root, trusted.timestamp, trusted.snapshot, *trusted.targets.values()]
+    if any(md is None for md in loaded):
+        return datetime.min.replace(tzinfo=UTC)
+    return min(md.signed.expires_at for md in loaded if md is not None)
 
 
 def _retrieve(task: asyncio.Task[TrustedSet]) -> None:
