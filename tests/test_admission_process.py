@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -109,3 +110,99 @@ def test_admission_webhook_process_answers_reviews(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_admission_process_watches_the_api_server_over_tls(tmp_path: Path) -> None:
+    """`vouch admission --kubernetes` (out of cluster: URL, token file, CA file)
+    against the socket API server, serving TLS itself: not ready until the
+    policies are listed, then a policy created in the API decides the next review."""
+    import ssl
+    import threading
+
+    from kube_apiserver import KubeAPIServer
+    from vouch.server.devtls import ensure_dev_tls
+
+    with KubeAPIServer(tmp_path) as api:
+        token = tmp_path / "token"
+        token.write_text(api.token)
+        gate = threading.Event()
+        api.faults.hold_lists = gate
+        tls = ensure_dev_tls(tmp_path / "webhook-tls")
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                VOUCH,
+                "admission",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--tls-cert",
+                str(tls.server_cert),
+                "--tls-key",
+                str(tls.server_key),
+                "--kubernetes",
+                "--kube-api",
+                api.url,
+                "--kube-token-file",
+                str(token),
+                "--kube-ca-file",
+                str(api.tls.ca_cert),
+                "--deadline",
+                "2",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        context = ssl.create_default_context(cafile=str(tls.ca_cert))
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
+        base = f"https://127.0.0.1:{port}"
+
+        def status(path: str) -> int:
+            try:
+                with opener.open(base + path, timeout=2) as resp:
+                    return int(resp.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        def admit(image: str) -> dict[str, object]:
+            body = json.dumps(review(workload("Pod", pod_spec([image])))).encode()
+            req = urllib.request.Request(
+                base + "/admit", data=body, headers={"Content-Type": "application/json"}
+            )
+            with opener.open(req, timeout=20) as resp:
+                answer: dict[str, object] = json.loads(resp.read())["response"]
+            return answer
+
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if status("/healthz") == 200:
+                        break
+                except OSError:
+                    pass
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert time.monotonic() < deadline, "the webhook did not start"
+                time.sleep(0.1)
+            assert status("/readyz") == 503  # the lists are held
+            gate.set()
+            while status("/readyz") != 200:
+                assert time.monotonic() < deadline, "never ready"
+                time.sleep(0.05)
+            assert admit("nginx:1.25")["allowed"] is False  # no policies at all
+            api.put(
+                {
+                    "apiVersion": "portieris.cloud.ibm.com/v1",
+                    "kind": "ClusterImagePolicy",
+                    "metadata": {"name": "hub"},
+                    "spec": {"repositories": [{"name": "docker.io/library/*"}]},
+                }
+            )
+            while not admit("nginx:1.25")["allowed"]:
+                assert time.monotonic() < deadline, "the new policy never applied"
+                time.sleep(0.05)
+            assert [w for w in api.watches if "clusterimagepolicies" in w.path]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)

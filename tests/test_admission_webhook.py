@@ -15,7 +15,7 @@ import pytest
 
 from test_admission import MANIFEST_V1, POLICIES, REGISTRY, Stack, _digest, _publish
 from vouch.admission.app import build_admission_app
-from vouch.admission.webhook import ORIGINAL_ANNOTATION, POD_SPEC_PATHS, Reviewer
+from vouch.admission.webhook import ORIGINAL_ANNOTATION, POD_SPEC_PATHS, OwnerLookup, Reviewer
 
 SIGNED = f"{REGISTRY}/app/web:v1"
 UNSIGNED = f"{REGISTRY}/app/web:v9"
@@ -111,7 +111,7 @@ class FakeOwners:
 
 
 async def _client(
-    tmp: Path, owners: FakeOwners | None = None, deadline: float = 8.0
+    tmp: Path, owners: OwnerLookup | None = None, deadline: float = 8.0
 ) -> httpx.AsyncClient:
     stack = Stack(tmp)
     await _publish(stack, f"{REGISTRY}/app/web")
@@ -208,8 +208,11 @@ def test_updates_of_objects_being_deleted_are_never_blocked(tmp_path: Path) -> N
 def test_internal_deadline_denies_explicitly(tmp_path: Path) -> None:
     async def go() -> None:
         client = await _client(tmp_path, deadline=0.000001)
-        resp = await _admit(client, review(workload("Pod", pod_spec([f"{REGISTRY}/app/fresh:v1"]))))
-        assert resp["allowed"] is False and "timed out" in resp["status"]["message"]
+        fresh = [f"{REGISTRY}/app/fresh:v1", f"{REGISTRY}/app/other:v2"]
+        resp = await _admit(client, review(workload("Pod", pod_spec(fresh))))
+        message = resp["status"]["message"]
+        assert resp["allowed"] is False and "timed out" in message
+        assert all(repr(image) in message for image in fresh), message  # each one named
 
     asyncio.run(go())
 
@@ -221,8 +224,138 @@ def test_bad_reviews_and_metrics(tmp_path: Path) -> None:
         assert (await client.post("/admit", json={"request": {}})).status_code == 400
         await _admit(client, review(workload("Pod", pod_spec([SIGNED]))))
         metrics = (await client.get("/metrics")).text
-        assert 'vouch_admission_decisions_total{result="mutated"}' in metrics
-        assert "vouch_admission_review_duration_seconds_bucket" in metrics
+        assert 'vouch_admission_decisions_total{reason="mutated",result="allow"} 1.0' in metrics
         assert (await client.get("/healthz")).status_code == 200
+
+    asyncio.run(go())
+
+
+def test_owner_being_deleted_vouches_for_nothing(tmp_path: Path) -> None:
+    """The attack: hold a Deployment with a finalizer, delete it, swap its
+    template for an unsigned image (updates of objects being deleted are not
+    blocked), then create a Pod owned by it with that image."""
+    from kube_apiserver import KubeAPIServer
+    from vouch.admission.kube import KubeClient
+
+    with KubeAPIServer(tmp_path) as api:
+
+        async def go() -> None:
+            token = tmp_path / "token"
+            token.write_text(api.token)
+            kube = KubeClient.from_files(api.url, token, api.tls.ca_cert)
+            client = await _client(tmp_path, owners=kube)
+            deployment = workload("Deployment", pod_spec([PINNED]), finalizers=["hold"])
+            stored = api.put(deployment)
+            uid = stored["metadata"]["uid"]
+            ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w", "uid": uid}
+            child = workload("Pod", pod_spec([PINNED]), ownerReferences=[ref])
+            assert (await _admit(client, review(child)))["allowed"] is True
+            # being deleted, then its template swapped unchecked
+            deleting = workload(
+                "Deployment",
+                pod_spec([UNSIGNED]),
+                finalizers=["hold"],
+                deletionTimestamp="2026-12-03T00:00:00Z",
+            )
+            assert (await _admit(client, review(deleting, "UPDATE")))["allowed"] is True
+            api.put(deleting)
+            evil = workload("Pod", pod_spec([UNSIGNED]), ownerReferences=[ref])
+            answer = await _admit(client, review(evil))
+            assert answer["allowed"] is False, answer
+            await kube.aclose()
+
+        asyncio.run(go())
+
+
+def test_metrics_count_decisions_by_result_and_reason(tmp_path: Path) -> None:
+    """Decisions by result and reason, latency, cache hits and misses, and
+    trust-server errors (a trust server nobody listens on)."""
+    from vouch.admission.policy import TrustPolicy
+    from vouch.client.auth import TokenAuth
+    from vouch.client.remote import Remote
+
+    down = f"""
+---
+apiVersion: policy.vouch.dev/v1
+kind: ImagePolicy
+metadata: {{name: down, namespace: down}}
+spec:
+  repositories:
+  - name: "{REGISTRY}/*"
+    policy: {{trust: {{enabled: true, trustServer: "http://127.0.0.1:9"}}}}
+"""
+
+    async def go() -> None:
+        stack = Stack(tmp_path)
+        await _publish(stack, f"{REGISTRY}/app/web")
+
+        def remotes(server: str, trust: TrustPolicy, auth: TokenAuth | None) -> Remote:
+            return stack.remote() if server == "http://vouch.test" else Remote(server)
+
+        engine = stack.engine(POLICIES + down)
+        engine.remote_factory = remotes
+        app = build_admission_app(Reviewer(engine))
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://w")
+        for obj in (
+            workload("Pod", pod_spec([SIGNED])),
+            workload("Pod", pod_spec([SIGNED])),
+            workload("Pod", pod_spec([UNSIGNED])),
+            workload("Pod", pod_spec(["quay.io/nobody/x:1"]), namespace="team"),
+            workload("Pod", pod_spec([SIGNED]), namespace="down"),
+        ):
+            await _admit(client, review(obj))
+        metrics = (await client.get("/metrics")).text
+        samples = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line and not line.startswith("#")
+        }
+        decided = 'vouch_admission_decisions_total{{reason="{}",result="{}"}}'
+        assert samples[decided.format("mutated", "allow")] == 2
+        assert samples[decided.format("not-trusted", "deny")] == 1
+        assert samples[decided.format("no-policy", "deny")] == 1
+        assert samples[decided.format("trust-unavailable", "deny")] == 1
+        assert samples["vouch_admission_review_duration_seconds_count"] == 5
+        assert samples["vouch_admission_trust_cache_hits_total"] >= 1
+        assert samples["vouch_admission_trust_cache_misses_total"] >= 2
+        assert samples["vouch_admission_trust_server_errors_total"] == 1
+        await engine.aclose()
+
+    asyncio.run(go())
+
+
+def test_pod_updates_check_only_new_images(tmp_path: Path) -> None:
+    """A pod that predates the webhook (unsigned, unpinned image) gets a label or
+    an ephemeral container (`kubectl debug`): only the new image is checked and
+    patched, since the API server refuses any other change in those updates."""
+
+    async def go() -> None:
+        client = await _client(tmp_path)
+        old = workload("Pod", pod_spec([UNSIGNED]))
+        labelled = workload("Pod", pod_spec([UNSIGNED]), labels={"x": "y"})
+        body = review(labelled, "UPDATE")
+        body["request"]["oldObject"] = old
+        answer = await _admit(client, body)
+        assert answer["allowed"] is True and "patch" not in answer
+        # kubectl debug with a signed image: only the ephemeral container is pinned
+        debug = workload("Pod", pod_spec([UNSIGNED], ephemeral=[SIGNED]))
+        body = review(debug, "UPDATE")
+        body["request"]["oldObject"] = old
+        body["request"]["subResource"] = "ephemeralcontainers"
+        answer = await _admit(client, body)
+        assert answer["allowed"] is True
+        patch = json.loads(base64.b64decode(answer["patch"]))
+        assert [op["path"] for op in patch if op["path"].endswith("/image")] == [
+            "/spec/ephemeralContainers/0/image"
+        ]
+        # an unsigned debug image, or a container image changed to one, is denied
+        evil = workload("Pod", pod_spec([UNSIGNED], ephemeral=[UNSIGNED]))
+        body = review(evil, "UPDATE")
+        body["request"]["oldObject"] = old
+        assert (await _admit(client, body))["allowed"] is False
+        swapped = workload("Pod", pod_spec([f"{REGISTRY}/app/web:v8"]))
+        body = review(swapped, "UPDATE")
+        body["request"]["oldObject"] = workload("Pod", pod_spec([SIGNED]))
+        assert (await _admit(client, body))["allowed"] is False
 
     asyncio.run(go())

@@ -446,9 +446,10 @@ def test_admission_webhook_is_highly_available(render: Callable[[str], list[Obj]
     for term in terms:
         assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items()
     container = pod["containers"][0]
-    for probe in ("readinessProbe", "livenessProbe"):
+    # ready once the policies are listed; alive as long as it answers
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         get = container[probe]["httpGet"]
-        assert (get["path"], get["scheme"]) == ("/healthz", "HTTPS")
+        assert (get["path"], get["scheme"]) == (path, "HTTPS")
     # a critical-priority quota, so the pods are admitted where critical
     # priorities are limited to kube-system
     quota = only(objs, "ResourceQuota")
@@ -615,7 +616,8 @@ def test_rbac_is_least_privilege(render: Callable[[str], list[Obj]]) -> None:
         for group in ("portieris.cloud.ibm.com", "policy.vouch.dev")
         for plural in ("imagepolicies", "clusterimagepolicies")
     }
-    expected |= {("", r): {"get"} for r in ("secrets", "serviceaccounts")}
+    # Secrets: the ones policies name are listed and watched (by name)
+    expected |= {("", "secrets"): {"get", "list", "watch"}, ("", "serviceaccounts"): {"get"}}
     expected |= {("", r): {"get"} for r in ("pods", "replicationcontrollers")}
     expected |= {
         ("apps", r): {"get"} for r in ("deployments", "replicasets", "statefulsets", "daemonsets")

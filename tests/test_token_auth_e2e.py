@@ -534,3 +534,168 @@ def test_health_and_metrics_need_no_token(stack: Stack, path: str) -> None:
     resp = stack.get(path)
     assert resp.status_code == 200
     assert "www-authenticate" not in resp.headers
+
+
+# -- the admission engine's logins ----------------------------------------------------------
+
+
+def _regcred(user: str, password: str) -> dict[str, Any]:
+    import base64
+
+    auths = {"example.com": {"username": user, "password": password}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "regcred", "namespace": "team"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {
+            ".dockerconfigjson": base64.b64encode(json.dumps({"auths": auths}).encode()).decode()
+        },
+    }
+
+
+def test_admission_policy_credentials_secret_reads_private_trust_data(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """vouch's per-policy ``credentialsSecret`` logs in to the trust server's
+    token service, and wins over the pod's pull secrets."""
+    import asyncio
+
+    import yaml
+
+    from vouch.admission.engine import Engine
+    from vouch.admission.policy import load_policies
+    from vouch.client.auth import Credentials
+
+    def policies(secret: dict[str, Any] | None) -> str:
+        trust: dict[str, Any] = {"enabled": True, "trustServer": stack.url}
+        if secret is not None:
+            trust["credentialsSecret"] = "regcred"
+        policy = {
+            "apiVersion": "policy.vouch.dev/v1",
+            "kind": "ImagePolicy",
+            "metadata": {"name": "private", "namespace": "team"},
+            "spec": {"repositories": [{"name": "example.com/*", "policy": {"trust": trust}}]},
+        }
+        return yaml.safe_dump_all([policy] + ([secret] if secret is not None else []))
+
+    image = f"{ALICE_GUN}:v1"
+    n = iter(range(100))
+
+    async def decide(text: str, pod_login: tuple[str, str] | None = None) -> tuple[bool, list[str]]:
+        engine = Engine(load_policies(text), cache_dir=tmp_path / f"e{next(n)}", cache_ttl=0)
+        creds = {"example.com": Credentials(*pod_login, source="pod")} if pod_login else {}
+        try:
+            d = await engine.check(image, "team", creds)
+        finally:
+            await engine.aclose()
+        return d.allowed, d.reasons
+
+    async def go() -> None:
+        ok, why = await decide(policies(_regcred("alice", PASSWORDS["alice"])))
+        assert ok, why
+        denied, why = await decide(policies(_regcred("alice", "wrong")))
+        assert not denied, why
+        # no policy login: the pod's pull secret is used, else anonymous
+        ok, why = await decide(policies(None), ("alice", PASSWORDS["alice"]))
+        assert ok, why
+        anonymous, why = await decide(policies(None))
+        assert not anonymous, why
+        # the policy's own login wins over the pod's
+        ok, why = await decide(policies(_regcred("alice", PASSWORDS["alice"])), ("alice", "bad"))
+        assert ok, why
+        wins, why = await decide(
+            policies(_regcred("alice", "wrong")), ("alice", PASSWORDS["alice"])
+        )
+        assert not wins, why
+
+    asyncio.run(go())
+
+
+def test_admission_webhook_logs_in_with_the_pods_pull_secrets(stack: Stack, tmp_path: Path) -> None:
+    """The webhook reads the pod's imagePullSecrets (else its service account's)
+    from the API server and offers them to the trust server's token service."""
+    import asyncio
+    import base64
+
+    from kube_apiserver import KubeAPIServer
+    from vouch.admission.engine import Engine
+    from vouch.admission.kube import KubeClient
+    from vouch.admission.policy import load_policies
+    from vouch.admission.webhook import Reviewer
+
+    policy = f"""
+apiVersion: portieris.cloud.ibm.com/v1
+kind: ClusterImagePolicy
+metadata: {{name: private}}
+spec:
+  repositories:
+  - name: "example.com/*"
+    policy: {{trust: {{enabled: true, trustServer: "{stack.url}"}}}}
+"""
+
+    def pull_secret(password: str) -> dict[str, bytes]:
+        login = base64.b64encode(f"alice:{password}".encode()).decode()
+        return {
+            ".dockerconfigjson": json.dumps({"auths": {"example.com": {"auth": login}}}).encode()
+        }
+
+    def pod(pull_secrets: list[str], account: str = "default") -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "serviceAccountName": account,
+            "containers": [{"name": "c", "image": f"{ALICE_GUN}:v1"}],
+        }
+        if pull_secrets:
+            spec["imagePullSecrets"] = [{"name": n} for n in pull_secrets]
+        return {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "operation": "CREATE",
+                "namespace": "team",
+                "object": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": "p", "namespace": "team"},
+                    "spec": spec,
+                },
+            },
+        }
+
+    with KubeAPIServer(tmp_path) as api:
+        api.secret("team", "good", pull_secret(PASSWORDS["alice"]))
+        api.secret("team", "bad", pull_secret("wrong"))
+        for account, secrets in (("builder", ["good"]), ("default", [])):
+            api.put(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": account, "namespace": "team"},
+                    "imagePullSecrets": [{"name": s} for s in secrets],
+                }
+            )
+        token = tmp_path / "token"
+        token.write_text(api.token)
+        n = iter(range(100))
+
+        async def allowed(review: dict[str, Any]) -> bool:
+            kube = KubeClient.from_files(api.url, token, api.tls.ca_cert)
+            engine = Engine(load_policies(policy), cache_dir=tmp_path / f"e{next(n)}", cache_ttl=0)
+            try:
+                result = await Reviewer(engine, owners=kube, secrets=kube).review(review)
+            finally:
+                await engine.aclose()
+                await kube.aclose()
+            return result.allowed
+
+        async def go() -> None:
+            assert await allowed(pod(["good"]))
+            assert not await allowed(pod(["bad"]))
+            assert not await allowed(pod([]))  # the default account has none: anonymous
+            assert await allowed(pod([], account="builder"))  # the account's pull secret
+            assert not await allowed(pod(["bad"], account="builder"))  # the pod's own win
+            assert await allowed(pod(["missing", "good"]))  # a missing one is skipped
+
+        asyncio.run(go())

@@ -2,7 +2,8 @@
 
 Shared by the admission webhook and ``vouch policy check``. Trust data is
 fetched and verified by vouch's client (full TUF rules, pinned roots where
-the policy pins them) and cached per (trust server, GUN, pinning) for a
+the policy pins them) and cached per (trust server, GUN, pinning, the
+server's CA) for a
 bounded time, never past the trust data's own expiry.
 """
 
@@ -15,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from vouch.admission.kube import docker_credentials
@@ -50,6 +52,9 @@ class ImageDecision:
     policy: str | None = None
     mode: str = "enforce"
     warnings: list[str] = field(default_factory=list)
+    # why a denial: invalid-image, no-policy, not-trusted, trust-unavailable
+    # (the webhook's metrics count decisions by it)
+    category: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -96,12 +101,15 @@ class Engine:
         self.cache_ttl = cache_ttl
         self.default_trust_server = default_trust_server
         self._remotes: dict[tuple[str, bytes | None, str], Remote] = {}
-        self._trust: dict[tuple[str, str, str], tuple[float, TrustedSet]] = {}
-        self._inflight: dict[tuple[str, str, str], asyncio.Future[TrustedSet]] = {}
+        self._trust: dict[tuple[str, str, str, str], tuple[float, TrustedSet]] = {}
+        self._inflight: dict[tuple[str, str, str, str], asyncio.Task[TrustedSet]] = {}
         self.cache_hits = 0
         self.cache_misses = 0
+        self.trust_errors = 0  # fetches that failed for another reason than a TUF check
 
     async def aclose(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
         for remote in self._remotes.values():
             await remote.aclose()
 
@@ -120,10 +128,15 @@ class Engine:
             ref = parse(image)
         except InvalidReferenceError as exc:
             decision.reasons.append(f"Deny {image!r}: {exc}")
+            decision.category = "invalid-image"
             return decision
-        match, why = best_match(self.policies.documents, namespace, ref)
+        # One policy set for the whole decision: the watcher may swap in a new
+        # one (a watch event) while this decision awaits the trust server.
+        policies = self.policies
+        match, why = best_match(policies.documents, namespace, ref)
         if match is None:
             decision.reasons.append(f"Deny {image!r}: {why}")
+            decision.category = "no-policy"
             return decision
         decision.policy = f"{match.document.label} ({match.rule.name})"
         policy = match.rule.policy
@@ -133,11 +146,21 @@ class Engine:
             return decision
         decision.mode = policy.mode
         try:
-            await self._enforce(ref, policy, namespace, decision, credentials or {})
+            await self._enforce(
+                ref,
+                policy,
+                policies=policies,
+                namespace=namespace,
+                decision=decision,
+                credentials=credentials or {},
+            )
         except (DenyError, PolicyError, TrustError) as exc:
             decision.reasons.append(f"Deny {image!r}: {exc}")
+            decision.category = "not-trusted"
         except Exception as exc:
+            self.trust_errors += 1
             decision.reasons.append(f"Deny {image!r}: trust data unavailable: {exc}")
+            decision.category = "trust-unavailable"
         if not decision.allowed and policy.mode == "audit":
             decision.warnings = decision.reasons
             decision.reasons = [f"audit mode: {decision.policy} would deny {image!r}"]
@@ -151,6 +174,8 @@ class Engine:
         self,
         ref: ImageReference,
         policy: RulePolicy,
+        *,
+        policies: PolicySet,
         namespace: str | None,
         decision: ImageDecision,
         credentials: Mapping[str, Credentials],
@@ -164,11 +189,11 @@ class Engine:
             decision.allowed = True
             decision.reasons.append(f"allowed by {decision.policy} (no trust requirement)")
             return
-        signers = resolve_signers(trust, self.policies, namespace)
+        signers = resolve_signers(trust, policies, namespace)
         login = credentials.get(ref.domain)
         if trust.credentials_secret:
             # The policy's own registry login wins over the pod's pull secrets.
-            secret = self.policies.secret(trust.credentials_secret, namespace)
+            secret = policies.secret(trust.credentials_secret, namespace)
             if secret is None:
                 raise DenyError(f"credentials secret {trust.credentials_secret} not found")
             login = docker_credentials(secret).get(ref.domain, login)
@@ -202,36 +227,64 @@ class Engine:
         server = self._server(ref, trust)
         pinning = self._pinning(ref, trust)
         pin_id = hashlib.sha256(repr(pinning).encode()).hexdigest()[:16]
-        key = (server, ref.name, pin_id)
+        # Everything of the policy that decides how trust data is fetched is in
+        # the key (server, pinned roots, the server's CA): a policy that changes
+        # one of them never gets data fetched under the old one.
+        ca_id = hashlib.sha256(trust.server_ca or b"").hexdigest()[:16]
+        key = (server, ref.name, pin_id, ca_id)
         hit = self._trust.get(key)
         now = time.monotonic()
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > now and _earliest_expiry(hit[1]) > timefmt.now():
             self.cache_hits += 1
             return hit[1]
         pending = self._inflight.get(key)
         if pending is not None:
             self.cache_hits += 1
-            return await asyncio.shield(pending)
-        self.cache_misses += 1
-        future: asyncio.Future[TrustedSet] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
+        else:
+            # The fetch is a task of its own, shared by every request that
+            # wants this key meanwhile: one request hitting its deadline (and
+            # being cancelled) must not cancel the fetch the others wait for.
+            self.cache_misses += 1
             previous = hit[1] if hit is not None else None
+            pending = asyncio.get_running_loop().create_task(
+                self._fetch_and_cache(
+                    key,
+                    server=server,
+                    ref=ref,
+                    trust=trust,
+                    pinning=pinning,
+                    pin_id=pin_id,
+                    login=login,
+                    previous=previous,
+                )
+            )
+            pending.add_done_callback(_retrieve)
+            self._inflight[key] = pending
+        return await asyncio.shield(pending)
+
+    async def _fetch_and_cache(
+        self,
+        key: tuple[str, str, str, str],
+        *,
+        server: str,
+        ref: ImageReference,
+        trust: TrustPolicy,
+        pinning: TrustPinning,
+        pin_id: str,
+        login: Credentials | None,
+        previous: TrustedSet | None,
+    ) -> TrustedSet:
+        try:
             trusted = await self._fetch(
                 server, ref, trust, pinning, pin_id, login=login, previous=previous
             )
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters get it, nobody logs "never retrieved"
-            raise
         finally:
             self._inflight.pop(key, None)
-        future.set_result(trusted)
-        ttl = self.cache_ttl
-        if trusted.timestamp is not None:
-            left = (trusted.timestamp.signed.expires_at - timefmt.now()).total_seconds()
-            ttl = max(0.0, min(ttl, left))
-        self._trust[key] = (now + ttl, trusted)
+        # Never cached past the earliest expiry of anything in the set (checked
+        # again on each hit, against the wall clock, which may jump).
+        left = (_earliest_expiry(trusted) - timefmt.now()).total_seconds()
+        ttl = max(0.0, min(self.cache_ttl, left))
+        self._trust[key] = (time.monotonic() + ttl, trusted)
         return trusted
 
     async def _fetch(
@@ -277,9 +330,23 @@ async def _still_current(remote: Remote, gun: str, trusted: TrustedSet) -> bool:
         return False
     if current != stamp.raw:
         return False
-    now = timefmt.now()
     loaded = [trusted.root, stamp, trusted.snapshot, *trusted.targets.values()]
-    return all(md is not None and not md.signed.is_expired(now) for md in loaded)
+    return all(md is not None for md in loaded) and _earliest_expiry(trusted) > timefmt.now()
+
+
+def _earliest_expiry(trusted: TrustedSet) -> datetime:
+    """When the first piece of a trusted set expires (root, timestamp,
+    snapshot, targets or a delegation); the distant past if one is missing."""
+    loaded = [trusted.root, trusted.timestamp, trusted.snapshot, *trusted.targets.values()]
+    if any(md is None for md in loaded):
+        return datetime.min.replace(tzinfo=UTC)
+    return min(md.signed.expires_at for md in loaded if md is not None)
+
+
+def _retrieve(task: asyncio.Task[TrustedSet]) -> None:
+    """Mark a shared fetch's failure as seen (its waiters, if any, got it)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _fixed(login: Credentials) -> Callable[[str], Credentials]:
@@ -316,7 +383,19 @@ def _released_digest(
         if not candidates:
             raise DenyError(f"digest {ref.digest} is not signed in {ref.name}")
         if signers:
-            _check_signers(trusted, candidates[0].name, f"sha256:{hexdigest}", signers, trust)
+            # The required signers must sign this digest under one tag; any
+            # tag that satisfies them will do (not just the first found).
+            failure: DenyError | None = None
+            for tag_name in dict.fromkeys(c.name for c in candidates):
+                try:
+                    _check_signers(trusted, tag_name, f"sha256:{hexdigest}", signers, trust)
+                except DenyError as exc:
+                    failure = failure or exc
+                else:
+                    break
+            else:
+                assert failure is not None
+                raise failure
         return f"sha256:{hexdigest}"
     tag = ref.tag or "latest"
     entries = {info.role: info for info in trusted.find_all(tag)}

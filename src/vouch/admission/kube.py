@@ -1,33 +1,28 @@
 """The few Kubernetes API calls the webhook needs, over httpx.
 
-In a cluster the webhook reads its policies (both policy groups), the
-Secrets they name, the pods' service accounts and pull secrets, and the
-owners of objects it is asked about, with its service account's token. No
+In a cluster the webhook watches its policies (both policy groups) and the
+Secrets they name (:mod:`vouch.admission.cluster`), and reads the pods'
+service accounts and pull secrets and the owners of objects it is asked
+about, with its service account's token. No
 client library: the API surface used is small and stable, and this keeps
 the webhook's dependencies to the ones the server already has.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
 import os
+import ssl
+import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from vouch.admission.policy import (
-    PORTIERIS_API,
-    VOUCH_API,
-    PolicyDocument,
-    PolicyError,
-    PolicySet,
-    SecretDocument,
-    parse_policy,
-)
+from vouch.admission.policy import SecretDocument
 from vouch.client.auth import Credentials
 
 log = logging.getLogger("vouch.admission")
@@ -51,14 +46,66 @@ DOCKER_HUB_ALIASES = (
 )
 
 
+class TokenFile(httpx.Auth):
+    """A bearer token read from a file and re-read when it is rotated.
+
+    The kubelet replaces a projected service-account token well before it
+    expires (an atomic symlink swap); the file is re-read when its mtime
+    changes, at least every ``max_age`` seconds, and once more on a 401.
+    """
+
+    def __init__(self, path: Path, max_age: float = 60.0) -> None:
+        self.path = path
+        self.max_age = max_age
+        self._token = ""
+        self._stamp: tuple[int, float] = (-1, 0.0)  # (mtime_ns, when read)
+
+    def token(self, *, force: bool = False) -> str:
+        mtime = self.path.stat().st_mtime_ns
+        now = time.monotonic()
+        if force or mtime != self._stamp[0] or now - self._stamp[1] > self.max_age:
+            self._token = self.path.read_text().strip()
+            self._stamp = (mtime, now)
+        return self._token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        used = self.token()
+        request.headers["Authorization"] = f"Bearer {used}"
+        response = yield request
+        if response.status_code == 401 and self.token(force=True) != used:
+            request.headers["Authorization"] = f"Bearer {self._token}"
+            yield request
+
+
 class KubeClient:
     """An authenticated client for the API server (in-cluster by default)."""
 
-    def __init__(self, base_url: str, token: str | None, *, verify: str | bool = True) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        verify: ssl.SSLContext | bool = True,
+        auth: httpx.Auth | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.AsyncClient(
-            base_url=base_url, headers=headers, verify=verify, timeout=5.0
+            base_url=base_url,
+            headers=headers,
+            auth=auth,
+            verify=verify,
+            timeout=5.0,
+            # one long-lived connection per watch, plus the reads
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
         )
+
+    @classmethod
+    def from_files(cls, base_url: str, token_file: Path, ca_file: Path) -> KubeClient:
+        """A client authenticated by a (rotating) token file, trusting one CA file."""
+        if not token_file.is_file():
+            raise RuntimeError(f"no service-account token at {token_file}")
+        context = ssl.create_default_context(cafile=str(ca_file))
+        return cls(base_url, verify=context, auth=TokenFile(token_file))
 
     @classmethod
     def in_cluster(cls) -> KubeClient:
@@ -66,8 +113,9 @@ class KubeClient:
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
         if not host:
             raise RuntimeError("not running in a cluster (KUBERNETES_SERVICE_HOST is not set)")
-        token = (SA_DIR / "token").read_text().strip()
-        return cls(f"https://{host}:{port}", token, verify=str(SA_DIR / "ca.crt"))
+        if ":" in host:
+            host = f"[{host}]"
+        return cls.from_files(f"https://{host}:{port}", SA_DIR / "token", SA_DIR / "ca.crt")
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -101,47 +149,6 @@ class KubeClient:
         body = await self._get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}")
         return [s["name"] for s in (body or {}).get("imagePullSecrets") or [] if s.get("name")]
 
-    async def policies(self) -> PolicySet:
-        """Every ImagePolicy and ClusterImagePolicy of both groups, and the
-        Secrets their signerSecrets and credentialsSecret name."""
-        out = PolicySet()
-        for api in (PORTIERIS_API, VOUCH_API):
-            for plural in ("imagepolicies", "clusterimagepolicies"):
-                body = await self._get(f"/apis/{api}/{plural}")
-                for item in (body or {}).get("items") or []:
-                    kind = "ImagePolicy" if plural == "imagepolicies" else "ClusterImagePolicy"
-                    item.setdefault("apiVersion", api)
-                    item.setdefault("kind", kind)
-                    try:
-                        out.documents.append(parse_policy(item))
-                    except PolicyError as exc:
-                        # A broken policy must not widen access: keep it as an
-                        # empty rule set (a namespace's only ImagePolicy still
-                        # makes the cluster policies not apply, and matches nothing).
-                        log.error("invalid %s kept as deny-all: %s", kind, exc)
-                        meta = item.get("metadata") or {}
-                        namespace = meta.get("namespace") if kind == "ImagePolicy" else None
-                        out.documents.append(
-                            PolicyDocument(api, kind, meta.get("name", "?"), namespace, ())
-                        )
-        wanted: set[tuple[str, str]] = set()
-        for doc in out.documents:
-            for rule in doc.repositories:
-                trust = rule.policy.trust if rule.policy else None
-                if trust is None:
-                    continue
-                for signer in trust.signers:
-                    if signer.secret:
-                        wanted.add((doc.namespace or "", signer.secret))
-                if trust.credentials_secret:
-                    wanted.add((doc.namespace or "", trust.credentials_secret))
-        for namespace, name in sorted(wanted):
-            if namespace:
-                secret = await self.secret(namespace, name)
-                if secret is not None:
-                    out.secrets.append(secret)
-        return out
-
 
 def docker_credentials(secret: SecretDocument) -> dict[str, Credentials]:
     """Registry host → credentials from a ``kubernetes.io/dockerconfigjson`` (or
@@ -169,31 +176,3 @@ def docker_credentials(secret: SecretDocument) -> dict[str, Credentials]:
             host = "docker.io"
         out[host] = Credentials(user, password, entry.get("identitytoken"), f"secret {secret.name}")
     return out
-
-
-class PolicyWatcher:
-    """Keeps the engine's policies current by re-reading them from the API.
-
-    Re-reading every ``interval`` seconds bounds how long a policy change takes
-    to apply; a failed read keeps the last good policies (never none).
-    """
-
-    def __init__(self, client: KubeClient, apply: Any, interval: float = 5.0) -> None:
-        self.client = client
-        self.apply = apply
-        self.interval = interval
-        self._task: asyncio.Task[None] | None = None
-
-    async def refresh(self) -> None:
-        self.apply(await self.client.policies())
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.refresh()
-            except Exception as exc:  # keep the last good policies
-                log.warning("cannot refresh policies: %s", exc)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())

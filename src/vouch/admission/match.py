@@ -7,7 +7,9 @@
 * ``*`` matches one or more characters. A pattern with a ``/`` is split at
   its first ``/``: the host part must match the image's *whole* host
   (``host:port``) and the rest the path, so a host named inside the path, a
-  longer host name or another port cannot satisfy it. A pattern that fails
+  longer host name or another port cannot satisfy it. A pattern without a
+  ``/`` that starts with a literal (``host*``) is anchored the same way: the
+  literal must be the whole host. A pattern that fails
   is retried with ``:*`` appended (``repo/app`` matches ``repo/app:v1``).
 * Images are matched in normalised form (``nginx`` is
   ``docker.io/library/nginx:latest``), and so are patterns.
@@ -36,7 +38,14 @@ def glob(pattern: str, text: str) -> bool:
 def pattern_matches(pattern: str, image: str) -> bool:
     """Host-anchored match of a policy pattern against a normalised image string."""
     if "/" not in pattern:
-        return glob(pattern, image)
+        literal, star, rest = pattern.partition("*")
+        if not star or not literal:
+            return glob(pattern, image)  # exact, or a wildcard host ("*", "*:v1")
+        # ``HOST*``: the literal part must be the image's whole host, so
+        # ``registry.example.com*`` is not satisfied by ``registry.example.com.evil``
+        # nor ``registry.example.com:5000*`` by port 50001.
+        i_host, _, i_path = image.partition("/")
+        return i_host == literal and glob(star + rest, "/" + i_path)
     p_host, _, p_path = pattern.partition("/")
     i_host, _, i_path = image.partition("/")
     return glob(p_host, i_host) and glob(p_path, i_path)

@@ -127,6 +127,20 @@ def public_key_from_pem(pem: str | bytes, what: str = "publicKey") -> Key:
     return public_key_from_crypto(obj)
 
 
+def _pem_certificates(value: Any, what: str) -> bytes | None:
+    """A PEM bundle of one or more certificates, refused when the policy is
+    loaded rather than when the first image needs it."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise PolicyError(f"{what} must be a PEM string")
+    try:
+        x509.load_pem_x509_certificates(value.encode())
+    except ValueError as exc:
+        raise PolicyError(f"{what} is not a PEM certificate bundle") from exc
+    return value.encode()
+
+
 def _signers(raw: Any, where: str) -> tuple[Signer, ...]:
     if raw is None:
         return ()
@@ -173,8 +187,10 @@ def _trust(raw: Any, where: str, vouch: bool) -> TrustPolicy | None:
         signers=signers,
         threshold=threshold,
         root_key_ids=tuple(root_ids),
-        root_ca=(raw["rootCA"].encode() if vouch and raw.get("rootCA") else None),
-        server_ca=(raw["trustServerCA"].encode() if vouch and raw.get("trustServerCA") else None),
+        root_ca=_pem_certificates(raw.get("rootCA"), f"{where}: rootCA") if vouch else None,
+        server_ca=_pem_certificates(raw.get("trustServerCA"), f"{where}: trustServerCA")
+        if vouch
+        else None,
         credentials_secret=_s(raw.get("credentialsSecret"), f"{where}: credentialsSecret")
         if vouch
         else None,

@@ -10,8 +10,9 @@ every failing image. Fail closed: an internal error or a timeout denies.
 
 Known Portieris bypasses are closed here: objects with zero replicas are
 checked like any other; an owner reference is only honoured if the owner
-exists with that UID and carries every image of the object; updates of
-objects being deleted are never blocked (they cannot start containers).
+exists with that UID, is not being deleted, and carries every image of the
+object; updates of objects being deleted are never blocked (they cannot
+start containers, and such an owner vouches for no child).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from vouch.client.auth import Credentials
 log = logging.getLogger("vouch.admission")
 
 ORIGINAL_ANNOTATION = "vouch.dev/original-images"
+NOT_READY = "image policies are not loaded from the Kubernetes API yet; denied (fail closed)"
 CONTAINER_TYPES = ("initContainers", "containers", "ephemeralContainers")
 # Where the pod spec lives in each kind the webhook handles.
 POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
@@ -129,9 +131,13 @@ class Reviewer:
         owners: OwnerLookup | None = None,
         secrets: SecretSource | None = None,
         deadline: float = 8.0,
-        observe: Callable[[str, float], None] | None = None,
+        observe: Callable[[bool, str, float], None] | None = None,
+        ready: asyncio.Event | None = None,
     ) -> None:
         self.engine = engine
+        # Set once the policies are loaded (in a cluster: the first complete
+        # list); until then a review waits for it within the deadline.
+        self.ready = ready
         self.owners = owners
         self.secrets = secrets
         self.deadline = deadline
@@ -144,7 +150,7 @@ class Reviewer:
             raise ValueError("not an AdmissionReview request")
         result = await self._review(request)
         if self.observe is not None:
-            self.observe(result.reason, time.monotonic() - start)
+            self.observe(result.allowed, result.reason, time.monotonic() - start)
         return result
 
     async def _review(self, request: dict[str, Any]) -> ReviewResult:
@@ -158,22 +164,47 @@ class Reviewer:
         if kind not in POD_SPEC_PATHS:
             return ReviewResult(uid, True, reason="unsupported-kind")
         images = images_of(obj, kind)
+        old = request.get("oldObject")
+        if operation == "UPDATE" and kind == "Pod" and isinstance(old, dict):
+            # A running pod's containers cannot be restarted with another image
+            # except by changing it: only images new in this update are checked
+            # (and pinned). Re-checking the others would deny `kubectl debug`
+            # (the ephemeralcontainers subresource may change nothing else) or
+            # a label change on pods started before a tag was re-signed, and
+            # pinning them would restart containers that predate the webhook.
+            before = {(c.path, c.image) for c in images_of(old, kind)}
+            images = [c for c in images if (c.path, c.image) not in before]
         if not images:
             return ReviewResult(uid, True, reason="no-images")
+        started = time.monotonic()
+        if self.ready is not None and not self.ready.is_set():
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout=self.deadline)
+            except TimeoutError:
+                return ReviewResult(
+                    uid,
+                    False,
+                    [NOT_READY],
+                    reason="not-ready",
+                )
         if await self._owned_by_verified_parent(obj, namespace, images):
             return ReviewResult(uid, True, reason="owner")
-        try:
-            decisions = await asyncio.wait_for(
-                self._decide({c.image for c in images}, namespace, obj, kind),
-                timeout=self.deadline,
-            )
-        except TimeoutError:
-            return ReviewResult(
-                uid,
-                False,
-                [f"verification timed out after {self.deadline:.1f}s; denied (fail closed)"],
-                reason="timeout",
-            )
+        remaining = max(0.0, self.deadline - (time.monotonic() - started))
+        decisions, late = await self._decide(
+            {c.image for c in images}, namespace, obj, kind, remaining
+        )
+        if late:
+            # Fail closed, naming what could not be verified in time (and
+            # anything already denied).
+            messages = [
+                f"verification of {image!r} timed out after {self.deadline:.1f}s; "
+                "denied (fail closed)"
+                for image in late
+            ]
+            for d in decisions.values():
+                if not d.allowed:
+                    messages.extend(d.reasons)
+            return ReviewResult(uid, False, messages, reason="timeout")
         result = ReviewResult(uid, True)
         originals: dict[str, str] = {}
         for container in images:
@@ -186,7 +217,14 @@ class Reviewer:
                 result.patch.append({"op": "replace", "path": container.path, "value": d.pinned})
                 originals[container.path] = container.image
         if not result.allowed:
-            result.reason = "denied"
+            # the first failing image's category: no-policy, not-trusted, ...
+            result.reason = (
+                next(
+                    (decisions[c.image].category for c in images if not decisions[c.image].allowed),
+                    "denied",
+                )
+                or "denied"
+            )
             result.patch = []
             return result
         if originals:
@@ -195,12 +233,29 @@ class Reviewer:
         return result
 
     async def _decide(
-        self, images: set[str], namespace: str | None, obj: dict[str, Any], kind: str
-    ) -> dict[str, ImageDecision]:
-        creds = await self._credentials(obj, kind, namespace)
+        self,
+        images: set[str],
+        namespace: str | None,
+        obj: dict[str, Any],
+        kind: str,
+        timeout: float,
+    ) -> tuple[dict[str, ImageDecision], list[str]]:
+        """The decisions made within ``timeout``, and the images left undecided."""
         ordered = sorted(images)
-        found = await asyncio.gather(*(self.engine.check(i, namespace, creds) for i in ordered))
-        return dict(zip(ordered, found, strict=True))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        try:
+            creds = await asyncio.wait_for(self._credentials(obj, kind, namespace), timeout)
+        except TimeoutError:
+            return {}, ordered
+        tasks = {i: loop.create_task(self.engine.check(i, namespace, creds)) for i in ordered}
+        _, pending = await asyncio.wait(tasks.values(), timeout=max(0.0, end - loop.time()))
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        late = [i for i in ordered if tasks[i] in pending]
+        return {i: tasks[i].result() for i in ordered if tasks[i] not in pending}, late
 
     async def _credentials(
         self, obj: dict[str, Any], kind: str, namespace: str | None
@@ -252,7 +307,12 @@ class Reviewer:
             except Exception as exc:  # an unreadable owner proves nothing
                 log.warning("cannot read owner %s/%s: %s", kind, ref.get("name"), exc)
                 continue
-            if owner is None or (owner.get("metadata") or {}).get("uid") != ref.get("uid"):
+            meta = (owner or {}).get("metadata") or {}
+            if owner is None or meta.get("uid") != ref.get("uid"):
+                continue
+            if meta.get("deletionTimestamp"):
+                # Updates of objects being deleted are admitted unchecked, so
+                # an owner being deleted may carry images nobody verified.
                 continue
             owner_images = {c.image for c in images_of(owner, kind)}
             if {c.image for c in images} <= owner_images:

@@ -19,8 +19,41 @@ import click
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Policies from YAML files (config-map mode).",
 )
-@click.option("--kubernetes", is_flag=True, help="Read policies and secrets from the API server.")
-@click.option("--policy-refresh", default=5.0, show_default=True, help="Seconds between re-reads.")
+@click.option(
+    "--kubernetes", is_flag=True, help="Watch policies and their Secrets through the API server."
+)
+@click.option(
+    "--kube-api",
+    default=None,
+    help="API server URL, to run outside the cluster (with --kube-token-file and --kube-ca-file); "
+    "default: the in-cluster service account.",
+)
+@click.option(
+    "--kube-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Bearer token file (re-read when it changes).",
+)
+@click.option(
+    "--kube-ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA certificate of the API server.",
+)
+@click.option(
+    "--watch-timeout",
+    default=300,
+    show_default=True,
+    type=click.IntRange(10, 3600),
+    help="Seconds the API server keeps one watch open before it is re-opened.",
+)
+@click.option(
+    "--missing-crd-retry",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="Seconds between lists of a policy CRD that is not installed.",
+)
 @click.option(
     "--deadline",
     default=8.0,
@@ -37,7 +70,11 @@ def admission(
     plain_http: bool,
     policy_files: tuple[Path, ...],
     kubernetes: bool,
-    policy_refresh: float,
+    kube_api: str | None,
+    kube_token_file: Path | None,
+    kube_ca_file: Path | None,
+    watch_timeout: int,
+    missing_crd_retry: float,
     deadline: float,
     cache_ttl: float,
     trust_server: str | None,
@@ -50,14 +87,20 @@ def admission(
     import uvicorn
 
     from vouch.admission.app import build_admission_app
+    from vouch.admission.cluster import PolicyWatcher
     from vouch.admission.engine import Engine
-    from vouch.admission.kube import KubeClient, PolicyWatcher
+    from vouch.admission.kube import KubeClient
     from vouch.admission.policy import PolicyError, PolicySet, load_policies
     from vouch.admission.webhook import Reviewer
     from vouch.server.main import split_listen
 
     if not policy_files and not kubernetes:
         raise click.UsageError("give --policy FILE or --kubernetes")
+    outside = (kube_api, kube_token_file, kube_ca_file)
+    if any(outside) and not (kubernetes and all(outside)):
+        raise click.UsageError(
+            "--kube-api, --kube-token-file and --kube-ca-file go together, with --kubernetes"
+        )
     if not plain_http and (tls_cert is None or tls_key is None):
         raise click.UsageError("give --tls-cert and --tls-key (or --plain-http for local runs)")
     try:
@@ -74,15 +117,23 @@ def admission(
         engine = Engine(
             policies, cache_dir=cache_dir, cache_ttl=cache_ttl, default_trust_server=trust_server
         )
-        kube = KubeClient.in_cluster() if kubernetes else None
+        kube = None
+        if kube_api and kube_token_file and kube_ca_file:
+            kube = KubeClient.from_files(kube_api, kube_token_file, kube_ca_file)
+        elif kubernetes:
+            kube = KubeClient.in_cluster()
         reviewer = Reviewer(engine, owners=kube, secrets=kube, deadline=deadline)
         if kube is not None:
 
             def apply(fresh: PolicySet) -> None:
                 engine.policies = fresh
 
-            watcher = PolicyWatcher(kube, apply, interval=policy_refresh)
-            await watcher.refresh()
+            # Served from the start (liveness), ready once the first lists are
+            # complete; reviews before that wait within the deadline.
+            watcher = PolicyWatcher(
+                kube, apply, watch_timeout=watch_timeout, missing_retry=missing_crd_retry
+            )
+            reviewer.ready = watcher.ready
             watcher.start()
         app = build_admission_app(reviewer)
         host, port = split_listen(listen)
