@@ -555,11 +555,13 @@ def _regcred(user: str, password: str) -> dict[str, Any]:
 
 
 def test_admission_policy_credentials_secret_reads_private_trust_data(
-    stack: Stack, tmp_path: Path
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """vouch's per-policy ``credentialsSecret`` logs in to the trust server's
-    token service, and wins over the pod's pull secrets."""
+    token service, and wins over the pod's pull secrets. The webhook process's
+    own credentials (``NOTARY_AUTH``, Docker config) are never lent to a pod."""
     import asyncio
+    import base64
 
     import yaml
 
@@ -601,6 +603,11 @@ def test_admission_policy_credentials_secret_reads_private_trust_data(
         assert ok, why
         anonymous, why = await decide(policies(None))
         assert not anonymous, why
+        own = base64.b64encode(f"alice:{PASSWORDS['alice']}".encode()).decode()
+        monkeypatch.setenv("NOTARY_AUTH", own)
+        borrowed, why = await decide(policies(None))
+        assert not borrowed, "the webhook's own NOTARY_AUTH must not log a pod in"
+        monkeypatch.delenv("NOTARY_AUTH")
         # the policy's own login wins over the pod's
         ok, why = await decide(policies(_regcred("alice", PASSWORDS["alice"])), ("alice", "bad"))
         assert ok, why

@@ -306,9 +306,13 @@ class Engine:
         rkey = (server, trust.server_ca, who)
         remote = self._remotes.get(rkey)
         if remote is None:
-            auth = None
-            if login is not None:
-                auth = TokenAuth(_fixed(login), use_docker_config=False)
+            # Only the pod's or the policy's login, never the webhook process's own
+            # NOTARY_AUTH or Docker config: with none, tokens are asked for anonymously.
+            auth = TokenAuth(
+                _fixed(login) if login is not None else None,
+                environ={},
+                use_docker_config=False,
+            )
             remote = self._remotes[rkey] = self.remote_factory(server, trust, auth)
         if previous is not None and await _still_current(remote, ref.name, previous):
             return previous
