@@ -55,6 +55,7 @@ from vouch.tuf.metadata import Signature
 
 ENV_PREFIX: Final = "NOTARY_SIGNER_"
 DEFAULT_ALIAS_VAR: Final = "NOTARY_SIGNER_DEFAULT_ALIAS"
+PKCS11_PREFIX: Final = "NOTARY_SIGNER_PKCS11_"
 #: ``last_used`` is refreshed at most this often: the first signature is what
 #: matters (it stops reuse), later ones only keep the column roughly current
 #: without a database write per signature.
@@ -73,7 +74,10 @@ def passphrases_from_env(environ: Mapping[str, str] | None = None) -> dict[str, 
     return {
         name[len(ENV_PREFIX) :].lower(): value
         for name, value in env.items()
-        if name.startswith(ENV_PREFIX) and name != DEFAULT_ALIAS_VAR and value
+        if name.startswith(ENV_PREFIX)
+        and name != DEFAULT_ALIAS_VAR
+        and not name.startswith(PKCS11_PREFIX)  # the token's settings and PIN, not aliases
+        and value
     }
 
 
