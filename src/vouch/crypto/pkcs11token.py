@@ -39,6 +39,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
+from vouch.crypto.tokenerrors import TokenError, TokenKeyNotFoundError, TokenPinError
 from vouch.tuf import keys as tufkeys
 from vouch.tuf.keys import Key
 from vouch.tuf.metadata import Signature
@@ -55,18 +56,6 @@ DEFAULT_MODULES: Final = (
 )
 _CURVE: Final = "secp256r1"
 _T = TypeVar("_T")
-
-
-class TokenError(Exception):
-    """The token cannot be used as configured; the message says what to fix."""
-
-
-class TokenPinError(TokenError):
-    """The PIN was refused (wrong, locked or missing)."""
-
-
-class TokenKeyNotFoundError(TokenError):
-    """No private key with this key ID on the token."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +103,7 @@ def config_from_env(
         module=module,
         token_label=token_label or env.get(TOKEN_VAR) or None,
         slot=slot,
-        pin=pin if pin is not None else env.get(PIN_VAR),
+        pin=pin if pin is not None else (env.get(PIN_VAR) or None),
     )
 
 
