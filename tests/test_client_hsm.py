@@ -145,3 +145,80 @@ def test_init_hsm_add_publish_list_and_notary_verifies(
         assert "v3" not in notary.run("list", GUN).stdout
         alice.run("publish", GUN)  # with the PIN, the staged v3 goes out
         assert "v3" in notary.run("list", GUN).stdout
+
+
+def test_key_made_by_another_tool_is_adopted_by_its_cka_id(
+    tmp_path: Path, hsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key pair the vendor's tool put on the token (a YubiKey PIV slot, a cloud console)
+    under its own CKA_ID: ``key generate --hsm --pkcs11-id`` records it, and it signs."""
+    import pkcs11
+    from pkcs11 import Attribute, KeyType
+    from pkcs11.util.ec import encode_named_curve_parameters
+
+    from softhsm import use_in_process
+    from vouch.crypto.keystore import KeyStore
+    from vouch.crypto.tokenkeys import env_token_provider
+
+    use_in_process(hsm, monkeypatch)
+    token = pkcs11.lib(hsm.module).get_token(token_label=hsm.label)
+    with token.open(rw=True, user_pin=hsm.pin) as session:
+        params = session.create_domain_parameters(
+            KeyType.EC,
+            {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+            local=True,
+        )
+        params.generate_keypair(store=True, label="made elsewhere", id=b"\x02")
+    (made,) = token_keys_any(hsm)
+
+    trust = tmp_path / "bob" / "trust"
+    cli = NotaryCLI(
+        "http://127.0.0.1:9",
+        trust,
+        binary=VOUCH,
+        env={"SOFTHSM2_CONF": str(hsm.conf), "VOUCH_PKCS11_PIN": hsm.pin},
+        home=tmp_path / "bob" / "home",
+    )
+    out = cli.run(
+        "--pkcs11-token",
+        hsm.label,
+        "key",
+        "generate",
+        "--role",
+        "targets/bob",
+        "--hsm",
+        "--pkcs11-id",
+        "02",
+    ).stdout
+    assert made.keyid in out, out
+    assert token_keys_any(hsm) == [made]  # adopted, not generated anew
+    bad = cli.run("key", "generate", "--hsm", "--pkcs11-id", "zz", check=False)
+    assert bad.returncode != 0 and "not hex" in bad.stderr
+
+    store = KeyStore(trust, tokens=env_token_provider(module=hsm.module, token_label=hsm.label))
+    monkeypatch.setenv("VOUCH_PKCS11_PIN", hsm.pin)
+    signature = store.signer(made.keyid).sign(b"bob's targets")
+    raw = tufkeys.b64decode(signature.sig, "sig")
+    assert signature.keyid == made.keyid
+    assert tufkeys.verify(made, signature.method, raw, b"bob's targets")
+    with pytest.raises(Exception, match="PKCS#11 token"):
+        store.load(made.keyid)  # a token key cannot be read out as a file key
+
+
+def token_keys_any(hsm: SoftHSM) -> list[tufkeys.Key]:
+    """Every EC public key on the token, whatever its CKA_ID."""
+    import pkcs11
+    from cryptography.hazmat.primitives import serialization
+    from pkcs11 import Attribute, KeyType, ObjectClass
+    from pkcs11.util.ec import encode_ec_public_key
+
+    token = pkcs11.lib(hsm.module).get_token(token_label=hsm.label)
+    with token.open(user_pin=hsm.pin) as session:
+        return [
+            tufkeys.public_key_from_crypto(
+                serialization.load_der_public_key(encode_ec_public_key(obj))  # type: ignore[arg-type]
+            )
+            for obj in session.get_objects(
+                {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC}
+            )
+        ]

@@ -95,9 +95,21 @@ def key_list(options: GlobalOptions, as_json: bool) -> None:
     is_flag=True,
     help="Generate the key on a PKCS#11 token (ecdsa); -o then writes only <output>.pem.",
 )
+@click.option(
+    "--pkcs11-id",
+    "object_id",
+    metavar="HEX",
+    help="With --hsm: use the token's key pair with this CKA_ID, or make it there "
+    "(ykcs11: the PIV slot, e.g. 02 for 9c).",
+)
 @pass_options
 def key_generate(
-    options: GlobalOptions, algorithm: str, role: str, output: Path | None, hsm: bool
+    options: GlobalOptions,
+    algorithm: str,
+    role: str,
+    output: Path | None,
+    hsm: bool,
+    object_id: str | None,
 ) -> None:
     """Generates a new key (ecdsa by default; vouch also makes ed25519 and rsa)."""
     from vouch.cli.keyio import public_pem, public_pem_of, write_private
@@ -107,10 +119,18 @@ def key_generate(
     algorithm = algorithm.lower()
     if algorithm not in ALGORITHMS:
         raise CLIError(f"Algorithm not allowed, possible values are: {', '.join(ALGORITHMS)}")
+    if object_id is not None and not hsm:
+        raise CLIError("--pkcs11-id needs --hsm")
     if hsm:
         if algorithm != "ecdsa":
             raise CLIError("keys on a PKCS#11 token are ecdsa (P-256)")
-        ref = options.session().keystore().generate_on_token(role)
+        try:
+            raw_id = bytes.fromhex(object_id) if object_id is not None else None
+        except ValueError:
+            raise CLIError(f"--pkcs11-id {object_id!r} is not hex") from None
+        if raw_id == b"":
+            raise CLIError("--pkcs11-id must not be empty")
+        ref = options.session().keystore().generate_on_token(role, object_id=raw_id)
         if output is not None:
             write_private(output.with_name(output.name + ".pem"), public_pem_of(ref.public, role))
         click.echo(

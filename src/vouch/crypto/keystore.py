@@ -313,14 +313,27 @@ class KeyStore:
             )
         return token
 
-    def generate_on_token(self, role: str, gun: str = "") -> TokenKeyRef:
-        """A new ECDSA P-256 key generated inside the configured token, and its reference."""
+    def generate_on_token(
+        self, role: str, gun: str = "", *, object_id: bytes | None = None
+    ) -> TokenKeyRef:
+        """A new ECDSA P-256 key generated inside the configured token, and its reference.
+
+        With ``object_id``, the key pair with that ``CKA_ID`` is used if the token
+        already has one (made with the vendor's tool, e.g. ``ykman`` in a PIV
+        slot); otherwise the new key is generated under that ``CKA_ID``.
+        """
         if not role:
             raise ValueError("a stored key needs a role")
         if self._tokens is None:
             raise KeyStoreError("no PKCS#11 token is configured")
         token = self._tokens(None, None)
-        public = token.generate_ecdsa(f"vouch {role} {gun}".strip())
+        existing = token.find_key_pair(object_id) if object_id is not None else None
+        if existing is not None:
+            if self.token_ref(existing.keyid) is not None:
+                raise KeyStoreError(f"key {existing.keyid} is already in this trust dir")
+            public = existing
+        else:
+            public = token.generate_ecdsa(f"vouch {role} {gun}".strip(), object_id)
         ref = TokenKeyRef(
             public.keyid,
             role,

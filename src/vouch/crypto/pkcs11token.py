@@ -216,8 +216,13 @@ class Token:
 
     # -- keys ---------------------------------------------------------------------------
 
-    def generate_ecdsa(self, label: str) -> Key:
-        """A new P-256 key pair inside the token; returns the public key (Notary's form)."""
+    def generate_ecdsa(self, label: str, object_id: bytes | None = None) -> Key:
+        """A new P-256 key pair inside the token; returns the public key (Notary's form).
+
+        Without ``object_id`` the objects' ``CKA_ID`` becomes the key ID. Tokens
+        whose ``CKA_ID`` means something (ykcs11: the PIV slot) get the ID the
+        caller chose; the key is then found by its public key (:meth:`_private`).
+        """
 
         def generate() -> Key:
             session = self._session
@@ -226,11 +231,10 @@ class Token:
                 {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVE)},
                 local=True,
             )
-            temp_id = b"vouch-new-" + secrets.token_bytes(16)
             public, private = params.generate_keypair(
                 store=True,
                 label=label,
-                id=temp_id,
+                id=object_id or b"vouch-new-" + secrets.token_bytes(16),
                 public_template={Attribute.VERIFY: True, Attribute.PRIVATE: False},
                 private_template={
                     Attribute.SENSITIVE: True,
@@ -240,28 +244,63 @@ class Token:
                 },
             )
             key = _public_key(public)
-            try:
-                raw_id = bytes.fromhex(key.keyid)
-                public[Attribute.ID] = raw_id
-                private[Attribute.ID] = raw_id
-            except BaseException:
-                private.destroy()
-                public.destroy()
-                raise
+            if object_id is None:
+                try:
+                    raw_id = bytes.fromhex(key.keyid)
+                    public[Attribute.ID] = raw_id
+                    private[Attribute.ID] = raw_id
+                except BaseException:
+                    private.destroy()
+                    public.destroy()
+                    raise
             self._keys[key.keyid] = private
             return key
 
         return self._call("generating a key", generate)
 
+    def find_key_pair(self, object_id: bytes) -> Key | None:
+        """The public key of the EC key pair whose ``CKA_ID`` is ``object_id`` (made by
+        another tool: ``ykman``, ``pkcs11-tool``, a cloud console), or None."""
+
+        def look() -> Key | None:
+            for obj in self._objects(
+                {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: object_id}
+            ):
+                if obj[Attribute.KEY_TYPE] == KeyType.EC:
+                    return _public_key(obj)
+            return None
+
+        return self._call("looking up a key pair", look)
+
+    def _objects(self, template: dict[Attribute, Any]) -> list[Any]:
+        """Every object matching ``template``, the search finished before the caller looks
+        (one search at a time per session: a nested search is OperationActive)."""
+        return list(self._session.get_objects(template))
+
     def _private(self, key_id: str) -> Any:
         obj = self._keys.get(key_id)
         if obj is not None:
             return obj
+        raw_id = key_id_bytes(key_id)
         found = list(
             self._session.get_objects(
-                {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id_bytes(key_id)}
+                {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: raw_id}
             )
         )
+        if not found:  # a key whose CKA_ID the token chose: find it by its public key
+            for public in self._objects(
+                {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC}
+            ):
+                if _public_key(public).keyid == key_id:
+                    found = list(
+                        self._session.get_objects(
+                            {
+                                Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                Attribute.ID: bytes(public[Attribute.ID]),
+                            }
+                        )
+                    )
+                    break
         if not found:
             raise TokenKeyNotFoundError(f"no private key {key_id} on {self.config.describe()}")
         self._keys[key_id] = found[0]
@@ -281,7 +320,7 @@ class Token:
         """The public key stored with ``CKA_ID`` = ``key_id``, or None."""
 
         def look() -> Key | None:
-            for obj in self._session.get_objects(
+            for obj in self._objects(
                 {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: key_id_bytes(key_id)}
             ):
                 key = _public_key(obj)
@@ -296,7 +335,7 @@ class Token:
 
         def scan() -> list[tuple[Key, str]]:
             out: list[tuple[Key, str]] = []
-            for obj in self._session.get_objects(
+            for obj in self._objects(
                 {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC}
             ):
                 raw_id = obj[Attribute.ID]
@@ -338,7 +377,7 @@ class Token:
         def scan() -> list[tuple[str, bytes]]:
             return [
                 (str(obj[Attribute.LABEL]), bytes(obj[Attribute.VALUE]))
-                for obj in self._session.get_objects(
+                for obj in self._objects(
                     {Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: application}
                 )
             ]
@@ -354,7 +393,7 @@ class Token:
                 Attribute.APPLICATION: application,
                 Attribute.LABEL: label,
             }
-            old = list(self._session.get_objects(template))
+            old = self._objects(template)
             self._session.create_object(
                 {**template, Attribute.VALUE: value, Attribute.TOKEN: True, Attribute.PRIVATE: True}
             )
@@ -380,7 +419,11 @@ class Token:
 
     def check(self) -> None:
         """Raise :class:`TokenError` unless the session still answers."""
-        self._call("checking the token", lambda: self._session.get_objects({}).__class__)
+        # A search on the session: fails (and reopens it once) if the token dropped it.
+        self._call(
+            "checking the token",
+            lambda: self._objects({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: "-"}),
+        )
 
     def close(self) -> None:
         with self._lock:
