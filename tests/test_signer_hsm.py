@@ -328,3 +328,50 @@ token = Token(TokenConfig(sys.argv[1], sys.argv[2], pin=sys.argv[3]))
 for key, _label in token.key_pairs():
     print(key.public)
 """
+
+
+@pytest.mark.parametrize(
+    ("pkcs11", "env", "message"),
+    [
+        ({"token_label": "t"}, {PIN_VAR: "1"}, "pkcs11.module"),
+        ({"module": "/m.so"}, {PIN_VAR: "1"}, "token_label or pkcs11.slot"),
+        ({"module": "/m.so", "slot": "one"}, {PIN_VAR: "1"}, "slot number"),
+        ({"module": "/m.so", "token_label": "t"}, {}, PIN_VAR),
+        ({"module": "/m.so", "token_label": "t", "pin": "1234"}, {PIN_VAR: "1"}, "never read"),
+    ],
+)
+def test_pkcs11_settings_are_checked(
+    tmp_path: Path, pkcs11: dict[str, str], env: dict[str, str], message: str
+) -> None:
+    from vouch.signer.config import ConfigError
+
+    doc = {
+        "server": {"grpc_addr": ":7899", "tls_cert_file": "c", "tls_key_file": "k"},
+        "storage": {"backend": "pkcs11"},
+        "pkcs11": pkcs11,
+    }
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(doc, tmp_path, env)
+
+
+def test_pkcs11_settings_from_environment_and_pin_is_not_an_alias(tmp_path: Path) -> None:
+    doc = {
+        "server": {"grpc_addr": ":7899", "tls_cert_file": "c", "tls_key_file": "k"},
+        "storage": {"backend": "pkcs11"},
+    }
+    env = {
+        "NOTARY_SIGNER_PKCS11_MODULE": "/lib/p11.so",
+        "NOTARY_SIGNER_PKCS11_SLOT": "7",
+        PIN_VAR: "secret-pin",
+        "NOTARY_SIGNER_OTHER": "alias-passphrase",
+    }
+    config = config_from_dict(doc, tmp_path, env)
+    assert config.pkcs11 is not None
+    assert (config.pkcs11.module, config.pkcs11.slot, config.pkcs11.token_label) == (
+        "/lib/p11.so",
+        7,
+        None,
+    )
+    assert config.pkcs11.pin == "secret-pin"
+    assert "secret-pin" not in repr(config)
+    assert dict(config.passphrases) == {"other": "alias-passphrase"}

@@ -7,8 +7,9 @@ stay readable, and a database dump alone reveals nothing.
 
 Cost model: decrypting a row runs PBKDF2 (8192 rounds) in a worker thread,
 once per key per process; decrypted keys sit in a bounded LRU cache. Every
-signature still reads the row, so a key deleted through another instance
-stops signing everywhere at once.
+signature still depends on a read of the row (concurrent signatures with one
+key share the read in flight), so a key deleted through another instance
+stops signing everywhere within one query's time.
 """
 
 from __future__ import annotations

@@ -154,6 +154,9 @@ def config_from_dict(
     default_alias: str | None = None
     token: TokenConfig | None = None
     if backend == "pkcs11":
+        section = doc.get("pkcs11")
+        if isinstance(section, Mapping) and "pin" in section:
+            raise ConfigError(f"pkcs11.pin is never read from a file: set {PKCS11_PIN_VAR}")
         token = _token_config(get, env)
     elif backend != "memory":
         db_url = get("storage", "db_url")
