@@ -375,3 +375,33 @@ def test_pkcs11_settings_from_environment_and_pin_is_not_an_alias(tmp_path: Path
     assert config.pkcs11.pin == "secret-pin"
     assert "secret-pin" not in repr(config)
     assert dict(config.passphrases) == {"other": "alias-passphrase"}
+
+
+def test_two_signers_on_one_token_share_keys(hsm: SoftHSM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key one signer creates, another signer on the same token signs with and deletes."""
+    from vouch.keyservice.base import KeyNotFoundError
+    from vouch.keyservice.pkcs11 import RELOAD_INTERVAL, Pkcs11KeyService
+
+    use_in_process(hsm, monkeypatch)
+
+    async def scenario() -> None:
+        first = await Pkcs11KeyService.open(hsm.config())
+        second = await Pkcs11KeyService.open(hsm.config())
+        try:
+            key = await first.create_key(GUN, "timestamp")
+            await asyncio.sleep(RELOAD_INTERVAL)
+            signature = await second.sign(key.keyid, b"from the second signer")
+            raw = tufkeys.b64decode(signature.sig, "sig")
+            assert tufkeys.verify(key, "ecdsa", raw, b"from the second signer")
+            info = await second.key_info(key.keyid)
+            assert info is not None and (info.gun, info.role) == (GUN, "timestamp")
+            await second.delete_key(key.keyid)
+            with pytest.raises(KeyNotFoundError):
+                await first.sign(key.keyid, b"deleted elsewhere")
+            with pytest.raises(KeyNotFoundError):
+                await second.sign("0" * 64, b"unknown")
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(scenario())

@@ -351,7 +351,13 @@ class Token:
         digest = hashlib.sha256(message).digest()
 
         def sign() -> bytes:
-            return bytes(self._private(key_id).sign(digest, mechanism=Mechanism.ECDSA))
+            try:
+                return bytes(self._private(key_id).sign(digest, mechanism=Mechanism.ECDSA))
+            except (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid):
+                # The remembered object is gone (deleted through another session or
+                # process): look again; TokenKeyNotFoundError if it really is gone.
+                self._keys.pop(key_id, None)
+                return bytes(self._private(key_id).sign(digest, mechanism=Mechanism.ECDSA))
 
         return self._call(f"signing with key {key_id}", sign)
 

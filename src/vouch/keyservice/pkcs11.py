@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -43,6 +44,8 @@ from vouch.tuf.keys import Key
 from vouch.tuf.metadata import Signature
 
 APPLICATION: Final = "vouch-signer"
+#: Seconds between rescans of the token for keys this process does not know.
+RELOAD_INTERVAL: Final = 1.0
 _T = TypeVar("_T")
 
 
@@ -97,6 +100,7 @@ class Pkcs11KeyService:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="pkcs11")
         self._records: dict[str, _Record] = {}  # creation order
         self._lock = asyncio.Lock()
+        self._reloaded = 0.0
 
     @classmethod
     async def open(cls, config: TokenConfig) -> Pkcs11KeyService:
@@ -140,8 +144,12 @@ class Pkcs11KeyService:
 
     async def _record(self, key_id: str) -> _Record | None:
         record = self._records.get(key_id)
-        if record is None and len(key_id) == 64:
-            await self._reload()  # maybe made by another signer on the same token
+        now = time.monotonic()
+        if record is None and len(key_id) == 64 and now - self._reloaded >= RELOAD_INTERVAL:
+            # Maybe made by another signer on the same token. At most one rescan per
+            # interval, so requests for unknown IDs cannot keep the token busy.
+            self._reloaded = now
+            await self._reload()
             record = self._records.get(key_id)
         return record
 
