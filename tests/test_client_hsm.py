@@ -204,6 +204,14 @@ def test_key_made_by_another_tool_is_adopted_by_its_cka_id(
     with pytest.raises(Exception, match="PKCS#11 token"):
         store.load(made.keyid)  # a token key cannot be read out as a file key
 
+    listed = json.loads(cli.run("key", "list", "--json").stdout)
+    assert [(k["key_id"], k["role"], k["location"]) for k in listed] == [
+        (made.keyid, "targets/bob", f"pkcs11:{hsm.label}")
+    ]
+    cli.run("key", "remove", made.keyid, input="y\n")
+    assert json.loads(cli.run("key", "list", "--json").stdout) == []
+    assert token_keys_any(hsm) == [made]  # removing the reference leaves the key on the token
+
 
 def token_keys_any(hsm: SoftHSM) -> list[tufkeys.Key]:
     """Every EC public key on the token, whatever its CKA_ID."""
@@ -213,7 +221,7 @@ def token_keys_any(hsm: SoftHSM) -> list[tufkeys.Key]:
     from pkcs11.util.ec import encode_ec_public_key
 
     token = pkcs11.lib(hsm.module).get_token(token_label=hsm.label)
-    with token.open(user_pin=hsm.pin) as session:
+    with token.open() as session:  # public key objects need no login
         return [
             tufkeys.public_key_from_crypto(
                 serialization.load_der_public_key(encode_ec_public_key(obj))  # type: ignore[arg-type]

@@ -249,9 +249,14 @@ class Token:
                     raw_id = bytes.fromhex(key.keyid)
                     public[Attribute.ID] = raw_id
                     private[Attribute.ID] = raw_id
-                except BaseException:
+                except BaseException as exc:
                     private.destroy()
                     public.destroy()
+                    if isinstance(exc, p11e.PKCS11Error):
+                        raise TokenError(
+                            f"the {self.config.describe()} does not let vouch set CKA_ID "
+                            f"({type(exc).__name__}): choose the object ID with --pkcs11-id"
+                        ) from None
                     raise
             self._keys[key.keyid] = private
             return key
