@@ -29,6 +29,7 @@ def describe(exc: BaseException) -> str:
     from vouch.client.update import MetadataNotFoundError, MetadataUnavailableError
     from vouch.crypto.keyfile import KeyFileError
     from vouch.crypto.keystore import KeyStoreError
+    from vouch.crypto.tokenerrors import TokenError
     from vouch.tuf.errors import TrustError
 
     if isinstance(exc, Offline):
@@ -42,7 +43,7 @@ def describe(exc: BaseException) -> str:
         return f"client is offline: {exc}"
     if isinstance(exc, MetadataNotFoundError):
         return f"trust data unavailable: {exc}"
-    if isinstance(exc, KeyFileError | KeyStoreError):
+    if isinstance(exc, KeyFileError | KeyStoreError | TokenError):
         return str(exc)
     if isinstance(exc, RemoteError | TrustError | ConfigError | ChangelistError):
         return str(exc)

@@ -144,7 +144,12 @@ def write_private(path: Path, data: bytes) -> None:
 
 def public_pem(key: PrivateKey, role: str) -> bytes:
     """notary's ``key generate -o`` public half: ``PUBLIC KEY`` with a ``role`` header."""
-    return encode_pem("PUBLIC KEY", key.public.public_bytes(), {"role": role})
+    return public_pem_of(key.public, role)
+
+
+def public_pem_of(key: Key, role: str) -> bytes:
+    """:func:`public_pem` for a bare public key (one whose private half is on a token)."""
+    return encode_pem("PUBLIC KEY", key.public_bytes(), {"role": role})
 
 
 def load_public_key(path: Path) -> Key:

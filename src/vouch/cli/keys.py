@@ -45,6 +45,10 @@ def key_list(options: GlobalOptions, as_json: bool) -> None:
     store = options.session().keystore()
     infos = sorted(store.list_keys(), key=_sort_key)
     location = str(store.private_dir)
+
+    def where(info: KeyInfo) -> str:
+        return location if info.token is None else f"pkcs11:{info.token}"
+
     if as_json:
         emit_json(
             [
@@ -52,7 +56,7 @@ def key_list(options: GlobalOptions, as_json: bool) -> None:
                     "role": i.role,
                     "gun": i.gun,
                     "key_id": i.keyid,
-                    "location": location,
+                    "location": where(i),
                     "file": str(i.path),
                     "encrypted": i.encrypted,
                 }
@@ -69,7 +73,7 @@ def key_list(options: GlobalOptions, as_json: bool) -> None:
             i.role,
             _left_truncate(i.gun, MAX_GUN_WIDTH),
             i.keyid,
-            _left_truncate(location, MAX_LOC_WIDTH),
+            _left_truncate(where(i), MAX_LOC_WIDTH),
         ]
         for i in infos
     ]
@@ -86,16 +90,54 @@ def key_list(options: GlobalOptions, as_json: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write <output>.pem (public) and <output>-key.pem (private) instead of storing it.",
 )
+@click.option(
+    "--hsm",
+    is_flag=True,
+    help="Generate the key on a PKCS#11 token (ecdsa); -o then writes only <output>.pem.",
+)
+@click.option(
+    "--pkcs11-id",
+    "object_id",
+    metavar="HEX",
+    help="With --hsm: use the token's key pair with this CKA_ID, or make it there "
+    "(ykcs11: the PIV slot, e.g. 02 for 9c).",
+)
 @pass_options
-def key_generate(options: GlobalOptions, algorithm: str, role: str, output: Path | None) -> None:
+def key_generate(
+    options: GlobalOptions,
+    algorithm: str,
+    role: str,
+    output: Path | None,
+    hsm: bool,
+    object_id: str | None,
+) -> None:
     """Generates a new key (ecdsa by default; vouch also makes ed25519 and rsa)."""
-    from vouch.cli.keyio import public_pem, write_private
+    from vouch.cli.keyio import public_pem, public_pem_of, write_private
     from vouch.crypto.keyfile import encode_key_file
     from vouch.crypto.privkey import PrivateKey
 
     algorithm = algorithm.lower()
     if algorithm not in ALGORITHMS:
         raise CLIError(f"Algorithm not allowed, possible values are: {', '.join(ALGORITHMS)}")
+    if object_id is not None and not hsm:
+        raise CLIError("--pkcs11-id needs --hsm")
+    if hsm:
+        if algorithm != "ecdsa":
+            raise CLIError("keys on a PKCS#11 token are ecdsa (P-256)")
+        try:
+            raw_id = bytes.fromhex(object_id) if object_id is not None else None
+        except ValueError:
+            raise CLIError(f"--pkcs11-id {object_id!r} is not hex") from None
+        if raw_id == b"":
+            raise CLIError("--pkcs11-id must not be empty")
+        ref = options.session().keystore().generate_on_token(role, object_id=raw_id)
+        if output is not None:
+            write_private(output.with_name(output.name + ".pem"), public_pem_of(ref.public, role))
+        click.echo(
+            f"Generated new {algorithm} {role} key with keyID: {ref.keyid}"
+            f" (on PKCS#11 token {ref.token_label or '?'})"
+        )
+        return
     key = PrivateKey.generate(algorithm)
     session = options.session()
     if output is None:

@@ -33,6 +33,8 @@ class GlobalOptions:
     tls_key: str | None = None
     debug: bool = False
     verbose: bool = False
+    pkcs11_module: str | None = None
+    pkcs11_token: str | None = None
     _session: Session | None = field(default=None, repr=False)
 
     def session(self) -> Session:
@@ -71,6 +73,18 @@ _GLOBALS: tuple[tuple[tuple[str, ...], str, str, bool], ...] = (
     (("--tlscacert",), "tls_ca", "Trust certs signed only by this CA.", False),
     (("--tlscert",), "tls_cert", "Path to TLS certificate file.", False),
     (("--tlskey",), "tls_key", "Path to TLS key file.", False),
+    (
+        ("--pkcs11-module",),
+        "pkcs11_module",
+        "PKCS#11 library for keys on a token (default $VOUCH_PKCS11_MODULE, else SoftHSM2's).",
+        False,
+    ),
+    (
+        ("--pkcs11-token",),
+        "pkcs11_token",
+        "Label of the PKCS#11 token to use (default $VOUCH_PKCS11_TOKEN).",
+        False,
+    ),
     (("-D", "--debug"), "debug", "Debug output (and tracebacks on errors).", True),
     (("-v", "--verbose"), "verbose", "Verbose output.", True),
 )

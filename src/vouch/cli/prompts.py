@@ -18,6 +18,7 @@ import click
 if TYPE_CHECKING:
     from vouch.client.auth import Credentials
     from vouch.crypto.keystore import PassphraseRetriever
+    from vouch.crypto.pkcs11token import TokenConfig
 
 MIN_PASSPHRASE = 8  # notary refuses shorter new passphrases
 MAX_TRIES = 5
@@ -107,3 +108,13 @@ def confirm(question: str) -> bool:
     if not interactive() or not answer.endswith("\n"):
         click.echo(err=True)  # no echoed Enter to end the prompt's line
     return answer.strip().lower() in ("y", "yes")
+
+
+def token_pin(config: TokenConfig) -> str:
+    """The token's user PIN when ``VOUCH_PKCS11_PIN`` is not set: asked, if interactive."""
+    from vouch.crypto.pkcs11token import PIN_VAR
+    from vouch.crypto.tokenerrors import TokenPinError
+
+    if not interactive():
+        raise TokenPinError(f"no PIN for the {config.describe()}: set {PIN_VAR}")
+    return str(click.prompt(f"Enter PIN for the {config.describe()}", hide_input=True, err=True))

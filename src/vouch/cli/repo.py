@@ -32,7 +32,7 @@ def publish_now(options: GlobalOptions, gun: str) -> None:
 
 
 def _root_key_choice(
-    options: GlobalOptions, gun: str, rootkey: Path | None, rootcert: Path | None
+    options: GlobalOptions, gun: str, rootkey: Path | None, rootcert: Path | None, hsm: bool
 ) -> tuple[str | None, Key | None]:
     """The root key ID to initialise with (``None``: generate one) and the certificate."""
     from vouch.cli.keyio import read_private_key, root_certificate_key
@@ -53,9 +53,14 @@ def _root_key_choice(
             )
     if key_id is None:
         existing = store.list_keys(role="root")
+        if hsm:  # only a root key already on a token will do
+            existing = [i for i in existing if i.token is not None]
         if existing:
             key_id = existing[0].keyid
-            click.echo(f"Root key found, using: {key_id}")
+            where = " (on a PKCS#11 token)" if existing[0].token is not None else ""
+            click.echo(f"Root key found, using: {key_id}{where}")
+        elif hsm:
+            click.echo("No root keys found. Generating a new root key on the PKCS#11 token...")
         else:
             click.echo("No root keys found. Generating a new root key...")
     return key_id, cert
@@ -69,6 +74,11 @@ def _root_key_choice(
     type=_FILE,
     help="Root certificate; must match the root key given, or one in the trust dir.",
 )
+@click.option(
+    "--hsm",
+    is_flag=True,
+    help="Keep the root key on a PKCS#11 token (see --pkcs11-module, VOUCH_PKCS11_*).",
+)
 @publish_option
 @pass_options
 def init_cmd(
@@ -76,13 +86,16 @@ def init_cmd(
     gun: str,
     rootkey: Path | None,
     rootcert: Path | None,
+    hsm: bool,
     auto_publish: bool,
 ) -> None:
     """Initializes a local trusted collection."""
-    key_id, cert = _root_key_choice(options, gun, rootkey, rootcert)
+    if hsm and rootkey is not None:
+        raise CLIError("--hsm generates the root key on the token: it cannot import --rootkey")
+    key_id, cert = _root_key_choice(options, gun, rootkey, rootcert, hsm)
 
     async def go(repo: Repository) -> None:
-        await repo.initialize(root_key_id=key_id, root_cert=cert)
+        await repo.initialize(root_key_id=key_id, root_cert=cert, hsm=hsm)
         if auto_publish:
             await publish_repo(repo, auto=True)
 

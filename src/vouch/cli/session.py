@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from vouch.client.remote import Remote
     from vouch.client.repository import Repository
     from vouch.crypto.keystore import KeyStore, PassphraseRetriever
+    from vouch.crypto.tokenkeys import TokenProvider
 
 T = TypeVar("T")
 
@@ -59,6 +60,7 @@ class Session:
         self.options = options
         self._config: ClientConfig | None = None
         self._retriever: PassphraseRetriever | None = None
+        self._tokens: TokenProvider | None = None
         _setup_logging(options)
 
     @property
@@ -88,10 +90,25 @@ class Session:
             self._retriever = passphrase_retriever()
         return self._retriever
 
+    @property
+    def tokens(self) -> TokenProvider:
+        """PKCS#11 tokens from --pkcs11-module/--pkcs11-token, the key's own record, or
+        ``VOUCH_PKCS11_*``; each opened (and its PIN asked) once per command."""
+        if self._tokens is None:
+            from vouch.cli.prompts import token_pin
+            from vouch.crypto.tokenkeys import env_token_provider
+
+            self._tokens = env_token_provider(
+                module=self.options.pkcs11_module,
+                token_label=self.options.pkcs11_token,
+                pin=token_pin,
+            )
+        return self._tokens
+
     def keystore(self) -> KeyStore:
         from vouch.crypto.keystore import KeyStore
 
-        return KeyStore(self.trust_dir, self.retriever)
+        return KeyStore(self.trust_dir, self.retriever, tokens=self.tokens)
 
     def remote(self) -> Remote:
         """A client for the configured trust server (call inside the event loop)."""
@@ -119,6 +136,7 @@ class Session:
             self.trust_dir,
             pinning=self.config.trust_pinning,
             passphrases=self.retriever,
+            tokens=self.tokens,
         )
 
     def offline(self, gun: str) -> Repository:

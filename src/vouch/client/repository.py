@@ -38,6 +38,7 @@ from vouch.client.update import (
 from vouch.crypto.certs import root_key
 from vouch.crypto.keystore import KeyStore, PassphraseRetriever
 from vouch.crypto.privkey import PrivateKey
+from vouch.crypto.tokenkeys import TokenProvider, token_root_key
 from vouch.tuf import build, roles, timefmt
 from vouch.tuf.errors import TrustError
 from vouch.tuf.keys import Key
@@ -84,13 +85,14 @@ class Repository:
         *,
         pinning: TrustPinning | None = None,
         passphrases: PassphraseRetriever | None = None,
+        tokens: TokenProvider | None = None,
     ) -> None:
         self.gun = gun
         self.remote = remote
         self.trust_dir = Path(trust_dir)
         self.cache = MetadataCache(self.trust_dir, gun)
         self.changelist = Changelist.for_gun(self.trust_dir, gun)
-        self.keys = KeyStore(self.trust_dir, passphrases)
+        self.keys = KeyStore(self.trust_dir, passphrases, tokens=tokens)
         self.pinning = pinning or TrustPinning()
 
     # -- reading -------------------------------------------------------------
@@ -225,7 +227,8 @@ class Repository:
     def _load_or_create(self, role: str, keytype: str = "ecdsa") -> PrivateKey:
         gun = self.gun if role in (roles.TARGETS, roles.SNAPSHOT) else ""
         for info in self.keys.list_keys(role=role, gun=gun or None):
-            return self.keys.load(info.keyid)
+            if info.token is None:  # a key on a token is chosen explicitly (init --hsm)
+                return self.keys.load(info.keyid)
         key = PrivateKey.generate(keytype)
         self.keys.save(key, role, gun)
         return key
@@ -234,9 +237,24 @@ class Repository:
         signers: list[Signer] = []
         for key in keys.values():
             canonical_id = key.canonical_keyid()
-            if canonical_id in self.keys:
-                signers.append(self.keys.load(canonical_id).signer(key))
+            if canonical_id in self.keys:  # a key file, or a key on a PKCS#11 token
+                signers.append(self.keys.signer(canonical_id, key))
         return signers
+
+    def _root_signer(
+        self, root_key_id: str, root_cert: Key | None, now: datetime
+    ) -> tuple[Signer, Key]:
+        """The root key's signer under its certificate, and that certificate (a fresh
+        self-signed one unless given; made by the token for a key on a token)."""
+        ref = self.keys.token_ref(root_key_id)
+        if ref is not None:
+            if root_cert is None:
+                token = self.keys.token_for(ref)
+                root_cert = token_root_key(token, ref.keyid, ref.public, self.gun, now=now)
+            return self.keys.signer(root_key_id, root_cert), root_cert
+        root_priv = self.keys.load(root_key_id)
+        root_cert = root_cert or root_key(root_priv, self.gun, now=now)
+        return root_priv.signer(root_cert), root_cert
 
     # -- writing -------------------------------------------------------------
 
@@ -251,6 +269,7 @@ class Repository:
         root_key_id: str | None = None,
         root_cert: Key | None = None,
         server_managed_snapshot: bool = False,
+        hsm: bool = False,
         now: datetime | None = None,
     ) -> None:
         """``notary init``: keys, root certificate, and root/targets/snapshot v1
@@ -258,17 +277,19 @@ class Repository:
 
         ``root_cert`` (``init --rootcert``) is an existing ``*-x509`` root key
         to use instead of a fresh self-signed certificate; it must certify the
-        root private key.
+        root private key. ``hsm`` generates the root key on the PKCS#11 token
+        (``root_key_id`` may also name a key already on one).
         """
         now = now or timefmt.now()
         remote = self._remote()
-        if root_key_id is not None:
-            root_priv = self.keys.load(root_key_id)
-        else:
-            root_priv = self._load_or_create(roles.ROOT)
-        if root_cert is not None and root_cert.canonical_keyid() != root_priv.keyid:
-            raise RepositoryError(f"the root certificate does not match root key {root_priv.keyid}")
-        root_pub = root_cert or root_key(root_priv, self.gun, now=now)
+        if root_key_id is None:
+            if hsm:
+                root_key_id = self.keys.generate_on_token(roles.ROOT).keyid
+            else:
+                root_key_id = self._load_or_create(roles.ROOT).keyid
+        if root_cert is not None and root_cert.canonical_keyid() != root_key_id:
+            raise RepositoryError(f"the root certificate does not match root key {root_key_id}")
+        root_signer, root_pub = self._root_signer(root_key_id, root_cert, now)
         targets_priv = self._load_or_create(roles.TARGETS)
         timestamp_key = await remote.get_key(self.gun, roles.TIMESTAMP)
         if server_managed_snapshot:
@@ -285,7 +306,7 @@ class Repository:
             now,
         )
         md_root = Metadata(root)
-        md_root.sign(root_priv.signer(root_pub))
+        md_root.sign(root_signer)
         md_targets: Metadata[Targets] = Metadata(build.targets(now))
         md_targets.sign(targets_priv.signer())
         self.cache.clear()

@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from vouch.crypto.keyfile import (
     KeyFileError,
@@ -37,6 +37,13 @@ from vouch.crypto.keyfile import (
     peek_key_file,
 )
 from vouch.crypto.privkey import PrivateKey
+from vouch.crypto.tokenerrors import TokenError
+from vouch.crypto.tokenkeys import REF_EXTENSION, TOKEN_DIR, TokenKeyRef, TokenProvider
+from vouch.tuf.keys import Key
+from vouch.tuf.metadata import Signer
+
+if TYPE_CHECKING:  # the PKCS#11 binding loads only when a token is used
+    from vouch.crypto.pkcs11token import Token
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +155,8 @@ class KeyInfo:
     path: Path
     encrypted: bool
     legacy: bool = False
+    #: For a key on a PKCS#11 token: the token's label ("" when not recorded).
+    token: str | None = None
 
 
 def _valid_key_name(key_id: str) -> bool:
@@ -173,6 +182,7 @@ class KeyStore:
         retriever: PassphraseRetriever | None = None,
         *,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        tokens: TokenProvider | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -180,6 +190,7 @@ class KeyStore:
         self.retriever: PassphraseRetriever = retriever or EnvPassphraseRetriever()
         self.max_attempts = max_attempts
         self._cache: dict[str, PrivateKey] = {}
+        self._tokens = tokens
 
     @property
     def private_dir(self) -> Path:
@@ -244,7 +255,115 @@ class KeyStore:
                 continue
             if (role is None or info.role == role) and (gun is None or info.gun == gun):
                 found[info.keyid] = info
+        for ref, path in self._token_refs():
+            if ref.keyid in found:
+                continue
+            if (role is None or ref.role == role) and (gun is None or ref.gun == gun):
+                found[ref.keyid] = self._ref_info(ref, path)
         return [found[k] for k in sorted(found)]
+
+    # -- keys on PKCS#11 tokens --------------------------------------------------------
+
+    @property
+    def token_dir(self) -> Path:
+        return self.private_dir / TOKEN_DIR
+
+    def _token_refs(self) -> Iterator[tuple[TokenKeyRef, Path]]:
+        if not self.token_dir.is_dir():
+            return
+        for path in sorted(self.token_dir.glob(f"*{REF_EXTENSION}")):
+            if path.name.startswith(".") or path.is_symlink() or not path.is_file():
+                continue
+            try:
+                ref = TokenKeyRef.from_json(path.read_bytes(), path)
+            except (OSError, TokenError) as exc:
+                log.warning("skipping unreadable token key reference %s: %s", path, exc)
+                continue
+            if path.name == f"{ref.keyid}{REF_EXTENSION}":
+                yield ref, path
+
+    @staticmethod
+    def _ref_info(ref: TokenKeyRef, path: Path) -> KeyInfo:
+        return KeyInfo(ref.keyid, ref.role, ref.gun, path, False, token=ref.token_label or "")
+
+    def token_ref(self, key_id: str) -> TokenKeyRef | None:
+        """The reference of a key that lives on a token, or None for file keys."""
+        if not _valid_key_name(key_id):
+            return None
+        path = self.token_dir / f"{key_id}{REF_EXTENSION}"
+        if not path.is_file() or path.is_symlink():
+            return None
+        try:
+            ref = TokenKeyRef.from_json(path.read_bytes(), path)
+        except (OSError, TokenError) as exc:
+            raise KeyStoreError(str(exc)) from None
+        return ref if ref.keyid == key_id else None
+
+    def token_for(self, ref: TokenKeyRef) -> Token:
+        """The (logged-in) token holding ``ref``'s key."""
+        if self._tokens is None:
+            raise KeyStoreError(
+                f"key {short_id(ref.keyid)} is on a PKCS#11 token and no token is configured"
+            )
+        token = self._tokens(ref.module, ref.token_label)
+        if not token.has_key(ref.keyid):
+            raise KeyStoreError(
+                f"the {token.config.describe()} does not hold key {ref.keyid}"
+                f" (it was made on token {ref.token_label or '?'})"
+            )
+        return token
+
+    def generate_on_token(
+        self, role: str, gun: str = "", *, object_id: bytes | None = None
+    ) -> TokenKeyRef:
+        """A new ECDSA P-256 key generated inside the configured token, and its reference.
+
+        With ``object_id``, the key pair with that ``CKA_ID`` is used if the token
+        already has one (made with the vendor's tool, e.g. ``ykman`` in a PIV
+        slot); otherwise the new key is generated under that ``CKA_ID``.
+        """
+        if not role:
+            raise ValueError("a stored key needs a role")
+        if self._tokens is None:
+            raise KeyStoreError("no PKCS#11 token is configured")
+        token = self._tokens(None, None)
+        existing = token.find_key_pair(object_id) if object_id is not None else None
+        if existing is not None:
+            if self.token_ref(existing.keyid) is not None:
+                raise KeyStoreError(f"key {existing.keyid} is already in this trust dir")
+            public = existing
+        else:
+            public = token.generate_ecdsa(f"vouch {role} {gun}".strip(), object_id)
+        ref = TokenKeyRef(
+            public.keyid,
+            role,
+            gun,
+            public,
+            token.config.module,
+            token.config.token_label or None,
+        )
+        path = self.token_dir / f"{ref.keyid}{REF_EXTENSION}"
+        _make_private_dirs(path.parent)
+        _atomic_write(path, ref.to_json())
+        return ref
+
+    def signer(self, key_id: str, as_key: Key | None = None) -> Signer:
+        """A signer for the key with this ID, presented under ``as_key``'s ID (a root
+        certificate) or its own: the token signs for token keys, else the decrypted file."""
+        from vouch.crypto.pkcs11token import TokenSigner  # noqa: PLC0415 - loads the binding
+
+        ref = self.token_ref(key_id)
+        if ref is None:
+            return self.load(key_id).signer(as_key)
+        presented = as_key or ref.public
+        if presented.canonical_keyid() != key_id:
+            raise ValueError("the presented public key does not belong to this private key")
+        return TokenSigner(self.token_for(ref), key_id, presented.keyid)
+
+    def public_key(self, key_id: str) -> Key:
+        """The bare public key (no passphrase needed for token keys)."""
+        ref = self.token_ref(key_id)
+        return ref.public if ref is not None else self.load(key_id).public
 
     def key_info(self, key_id: str) -> KeyInfo:
         """The listing entry for one key; :class:`KeyNotFoundError` if absent."""
@@ -259,6 +378,9 @@ class KeyStore:
                     info = self._info_for(*candidate)
                     if info is not None:
                         return info
+        ref = self.token_ref(key_id)
+        if ref is not None:
+            return self._ref_info(ref, self.token_dir / f"{key_id}{REF_EXTENSION}")
         raise KeyNotFoundError(f"no private key {key_id!r} in {self.private_dir}")
 
     def __contains__(self, key_id: object) -> bool:
@@ -285,6 +407,10 @@ class KeyStore:
         if cached is not None:
             return cached
         info = self.key_info(key_id)
+        if info.token is not None:
+            raise KeyStoreError(
+                f"key {key_id} is on a PKCS#11 token: it signs there and cannot be read out"
+            )
         data = info.path.read_bytes()
         key = self._decrypt(info, data) if info.encrypted else decode_key_file(data).key
         if key.keyid != key_id:
@@ -346,6 +472,8 @@ class KeyStore:
         paths = (
             [c[3] for c in self._candidates() if c[0] == key_id] if _valid_key_name(key_id) else []
         )
+        if self.token_ref(key_id) is not None:  # the key itself stays on the token
+            paths.append(self.token_dir / f"{key_id}{REF_EXTENSION}")
         if not paths:
             raise KeyNotFoundError(f"no private key {key_id!r} in {self.private_dir}")
         for path in paths:

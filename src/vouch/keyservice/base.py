@@ -183,6 +183,11 @@ def generate(algorithm: str) -> PrivateKey:
     return PrivateKey.generate(check_algorithm(algorithm))
 
 
-def make_signature(key: PrivateKey, message: bytes) -> Signature:
-    """Sign with Notary's method and encoding, under the bare key's TUF key ID."""
-    return Signature(key.keyid, key.method, tufkeys.b64encode(key.sign_bytes(message)))
+def make_signature(key: PrivateKey, message: bytes, keyid: str | None = None) -> Signature:
+    """Sign with Notary's method and encoding, under the bare key's TUF key ID.
+
+    ``keyid`` is that ID when the caller already knows it (a stored key's row):
+    deriving it costs a DER export and a hash per signature.
+    """
+    raw = key.sign_bytes(message)
+    return Signature(keyid or key.keyid, key.method, tufkeys.b64encode(raw))

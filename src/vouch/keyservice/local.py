@@ -7,8 +7,9 @@ stay readable, and a database dump alone reveals nothing.
 
 Cost model: decrypting a row runs PBKDF2 (8192 rounds) in a worker thread,
 once per key per process; decrypted keys sit in a bounded LRU cache. Every
-signature still reads the row, so a key deleted through another instance
-stops signing everywhere at once.
+signature still depends on a read of the row (concurrent signatures with one
+key share the read in flight), so a key deleted through another instance
+stops signing everywhere within one query's time.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from vouch.tuf.metadata import Signature
 
 ENV_PREFIX: Final = "NOTARY_SIGNER_"
 DEFAULT_ALIAS_VAR: Final = "NOTARY_SIGNER_DEFAULT_ALIAS"
+PKCS11_PREFIX: Final = "NOTARY_SIGNER_PKCS11_"
 #: ``last_used`` is refreshed at most this often: the first signature is what
 #: matters (it stops reuse), later ones only keep the column roughly current
 #: without a database write per signature.
@@ -63,6 +65,14 @@ DEFAULT_CACHE_SIZE: Final = 1024
 
 _t = private_keys.c
 _LIVE = _t.deleted_at.is_(None)
+_SIGNING_COLUMNS = (
+    _t.key_id,
+    _t.algorithm,
+    _t.public,
+    _t.private,
+    _t.passphrase_alias,
+    _t.last_used,
+)
 _INFO_COLUMNS = (_t.key_id, _t.algorithm, _t.public, _t.gun, _t.role, _t.created_at, _t.last_used)
 
 
@@ -73,7 +83,10 @@ def passphrases_from_env(environ: Mapping[str, str] | None = None) -> dict[str, 
     return {
         name[len(ENV_PREFIX) :].lower(): value
         for name, value in env.items()
-        if name.startswith(ENV_PREFIX) and name != DEFAULT_ALIAS_VAR and value
+        if name.startswith(ENV_PREFIX)
+        and name != DEFAULT_ALIAS_VAR
+        and not name.startswith(PKCS11_PREFIX)  # the token's settings and PIN, not aliases
+        and value
     }
 
 
@@ -121,6 +134,8 @@ class LocalKeyService:
         owns_engine: bool = False,
     ) -> None:
         self._engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._reads: dict[str, asyncio.Future[Row[Any] | None]] = {}
         self._passphrases = _Passphrases({a.upper(): pw for a, pw in passphrases.items()})
         if not default_alias or len(default_alias) > 50:
             raise ValueError("the default passphrase alias must be 1 to 50 characters")
@@ -163,14 +178,24 @@ class LocalKeyService:
             await conn.run_sync(metadata.create_all, checkfirst=True)
 
     @asynccontextmanager
-    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        """:meth:`_connect` for one read in autocommit: no BEGIN/COMMIT round trips.
+
+        Every signature reads its row (so a deletion anywhere stops it at once);
+        that read is the signer's hot path, and a single SELECT needs no transaction.
+        """
+        async with self._connect(self._autocommit) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _connect(self, engine: AsyncEngine | None = None) -> AsyncIterator[AsyncConnection]:
         """A transaction; database failures become :class:`KeyServiceUnavailableError`.
 
         The driver's message is kept (it names the failure) but the exception
         chain is not: SQLAlchemy's text would carry statement parameters.
         """
         try:
-            async with self._engine.begin() as conn:
+            async with (engine or self._engine).begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
             orig = getattr(exc, "orig", None) or exc
@@ -242,9 +267,25 @@ class LocalKeyService:
         if not key_id or len(key_id) > MAX_NAME:
             return None
         query = select(*columns).where(_t.key_id == key_id, _LIVE)
-        async with self._connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(query)).first()
         return row if row is not None and row.key_id == key_id else None
+
+    async def _signing_row(self, key_id: str) -> Row[Any] | None:
+        """The row a signature needs, read once for all Sign calls waiting on it.
+
+        Concurrent signatures with one key (a busy server's timestamp key) join
+        the read already in flight instead of each paying a query: under load
+        that read, not the signature, was the signer's cost. Each signature
+        uses a read that was in flight or started when it arrived, so a key
+        deleted through any instance stops signing within one query's time.
+        """
+        pending = self._reads.get(key_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._row(key_id, *_SIGNING_COLUMNS))
+            self._reads[key_id] = pending
+            pending.add_done_callback(lambda _f: self._reads.pop(key_id, None))
+        return await asyncio.shield(pending)
 
     async def key_info(self, key_id: str) -> KeyInfo | None:
         row = await self._row(key_id, *_INFO_COLUMNS)
@@ -260,15 +301,7 @@ class LocalKeyService:
     # -- signing -------------------------------------------------------------------------
 
     async def sign(self, key_id: str, message: bytes) -> Signature:
-        row = await self._row(
-            key_id,
-            _t.key_id,
-            _t.algorithm,
-            _t.public,
-            _t.private,
-            _t.passphrase_alias,
-            _t.last_used,
-        )
+        row = await self._signing_row(key_id)
         if row is None:
             raise KeyNotFoundError(f"signing key not found: {key_id}")
         key = self._cache.get(key_id)
@@ -277,7 +310,7 @@ class LocalKeyService:
             self._remember(key)
         else:
             self._cache.move_to_end(key_id)
-        signature = make_signature(key, message)
+        signature = make_signature(key, message, key_id)
         now = self._clock()
         if row.last_used is None or now - row.last_used >= LAST_USED_RESOLUTION:
             mark = update(private_keys).where(_t.key_id == key_id)

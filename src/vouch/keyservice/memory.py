@@ -85,7 +85,7 @@ class MemoryKeyService:
         entry = self._live(key_id)
         if entry is None:
             raise KeyNotFoundError(f"signing key not found: {key_id}")
-        signature = make_signature(entry.key, message)
+        signature = make_signature(entry.key, message, key_id)
         entry.last_used = datetime.now(UTC)
         return signature
 

@@ -122,9 +122,13 @@ class SignerAPI:
         keytype = protocol.METHOD_KEY_TYPES.get(signature.method)
         if keytype is None:  # a key service bug, not a client error
             raise _Failure(grpc.StatusCode.INTERNAL, f"Signing failed for KeyID {key_id}")
-        log.info(
-            "Sign: %d bytes with key %s, asked by %s", len(request.content), key_id, _peer(context)
-        )
+        if log.isEnabledFor(logging.INFO):  # the peer's name costs a lookup per call
+            log.info(
+                "Sign: %d bytes with key %s, asked by %s",
+                len(request.content),
+                key_id,
+                _peer(context),
+            )
         return pb.Signature(
             keyInfo=_key_info(signature.keyid, keytype),
             algorithm=pb.Algorithm(algorithm=signature.method),

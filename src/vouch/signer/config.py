@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from vouch.crypto.pkcs11token import TokenConfig
 from vouch.keyservice.local import DEFAULT_ALIAS_VAR, ENV_PREFIX, passphrases_from_env
 
-Backend = Literal["memory", "sqlite", "postgres", "mysql"]
+Backend = Literal["memory", "sqlite", "postgres", "mysql", "pkcs11"]
+#: The token's user PIN: from the environment only, never from the config file.
+PKCS11_PIN_VAR: Final = "NOTARY_SIGNER_PKCS11_PIN"
 
 _BACKENDS: Final[dict[str, Backend]] = {
     "memory": "memory",
@@ -33,6 +36,7 @@ _BACKENDS: Final[dict[str, Backend]] = {
     "postgresql": "postgres",
     "mysql": "mysql",
     "mariadb": "mysql",
+    "pkcs11": "pkcs11",
 }
 #: Config keys that the environment may override, as viper's AutomaticEnv maps them.
 _ENV_KEYS: Final = (
@@ -44,6 +48,9 @@ _ENV_KEYS: Final = (
     ("storage", "db_url"),
     ("storage", "default_alias"),
     ("logging", "level"),
+    ("pkcs11", "module"),
+    ("pkcs11", "token_label"),
+    ("pkcs11", "slot"),
 )
 
 
@@ -73,6 +80,8 @@ class SignerConfig:
     default_alias: str | None
     passphrases: Mapping[str, str] = field(default_factory=_Secret, repr=False)
     log_level: str = "error"
+    #: The token, for the ``pkcs11`` backend (PIN included; never in a repr).
+    pkcs11: TokenConfig | None = None
 
     @property
     def listen_address(self) -> str:
@@ -139,11 +148,17 @@ def config_from_dict(
     if backend is None:
         raise ConfigError(
             f"{raw_backend} is not an allowed backend, must be one of: "
-            "memory, mysql, postgres, sqlite3"
+            "memory, mysql, postgres, sqlite3, pkcs11"
         )
     db_url: str | None = None
     default_alias: str | None = None
-    if backend != "memory":
+    token: TokenConfig | None = None
+    if backend == "pkcs11":
+        section = doc.get("pkcs11")
+        if isinstance(section, Mapping) and "pin" in section:
+            raise ConfigError(f"pkcs11.pin is never read from a file: set {PKCS11_PIN_VAR}")
+        token = _token_config(get, env)
+    elif backend != "memory":
         db_url = get("storage", "db_url")
         if not db_url:
             raise ConfigError(f"storage.db_url is required for the {raw_backend} backend")
@@ -166,7 +181,38 @@ def config_from_dict(
         default_alias=default_alias,
         passphrases=_Secret(passphrases_from_env(env)),
         log_level=(get("logging", "level") or "error").lower(),
+        pkcs11=token,
     )
 
 
-__all__ = ["Backend", "ConfigError", "SignerConfig", "config_from_dict", "load_config"]
+def _token_config(get: Any, env: Mapping[str, str]) -> TokenConfig:
+    """The ``pkcs11`` section: ``module`` (required), ``token_label`` and/or ``slot``;
+    the PIN only from :data:`PKCS11_PIN_VAR`."""
+    module = get("pkcs11", "module")
+    if not module:
+        raise ConfigError("pkcs11.module (the PKCS#11 library's path) is required")
+    raw_slot = get("pkcs11", "slot")
+    if raw_slot is not None and not raw_slot.isdigit():
+        raise ConfigError(f"pkcs11.slot {raw_slot!r} must be a slot number")
+    label = get("pkcs11", "token_label")
+    if label is None and raw_slot is None:
+        raise ConfigError("pkcs11.token_label or pkcs11.slot is required")
+    pin = env.get(PKCS11_PIN_VAR)
+    if not pin:
+        raise ConfigError(f"the token's user PIN must be set in {PKCS11_PIN_VAR}")
+    return TokenConfig(
+        module=module,
+        token_label=label,
+        slot=int(raw_slot) if raw_slot is not None else None,
+        pin=pin,
+    )
+
+
+__all__ = [
+    "PKCS11_PIN_VAR",
+    "Backend",
+    "ConfigError",
+    "SignerConfig",
+    "config_from_dict",
+    "load_config",
+]

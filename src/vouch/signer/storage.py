@@ -14,9 +14,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from vouch.crypto.pkcs11token import TokenError
 from vouch.keyservice.base import KeyService, KeyServiceUnavailableError
 from vouch.keyservice.local import LocalKeyService
 from vouch.keyservice.memory import MemoryKeyService
+from vouch.keyservice.pkcs11 import Pkcs11KeyService
 from vouch.signer.config import ConfigError, SignerConfig
 from vouch.storage.urls import DatabaseTarget, translate
 
@@ -72,6 +74,12 @@ async def open_key_service(config: SignerConfig, *, create_table: bool = True) -
     """
     if config.backend == "memory":
         return MemoryKeyService()
+    if config.backend == "pkcs11":
+        assert config.pkcs11 is not None  # config_from_dict guarantees it
+        try:
+            return await Pkcs11KeyService.open(config.pkcs11)
+        except TokenError as exc:
+            raise ConfigError(f"pkcs11: {exc}") from None
     assert config.default_alias is not None  # config_from_dict guarantees it
     engine = make_engine(database_target(config))
     try:
