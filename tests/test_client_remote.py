@@ -781,3 +781,21 @@ async def test_tls_options(tmp_path: Path) -> None:
             assert await r.ping() is True
     with pytest.raises(ValueError, match="needs its key"):
         TLSConfig(client_cert=cert)
+
+
+def test_system_roots_loaded_before_the_first_handshake() -> None:
+    """Without a CA file the system roots are loaded lazily (start-up time), but
+    always before a TLS connection is set up, so verification never runs on
+    an empty pool; the context verifies as ``ssl.create_default_context`` does."""
+    ctx = TLSConfig().ssl_context()
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert ctx.cert_store_stats()["x509_ca"] == 0
+    ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="example.com")
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    assert system > 0, "the machine has no system CA roots to compare with"
+    assert ctx.cert_store_stats()["x509_ca"] == system
+    other = TLSConfig().ssl_context()
+    with socket.socket() as sock, other.wrap_socket(sock, server_hostname="example.com"):
+        pass  # not connected: no handshake, but the roots are loaded
+    assert other.cert_store_stats()["x509_ca"] == system

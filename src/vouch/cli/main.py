@@ -8,6 +8,8 @@ keep their heavy imports inside the command bodies too).
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from vouch import __version__
@@ -57,5 +59,20 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(GlobalOptions)
 
 
+def _without_httpx_cli() -> None:
+    """Keep httpx from importing its own command line tool (``httpx._main``).
+
+    ``import httpx`` tries ``from ._main import main``, which pulls in rich and
+    pygments: about 30 ms of every ``vouch`` call that talks to a server, for
+    a tool vouch never runs. A ``None`` entry in :data:`sys.modules` makes that
+    one import fail, and httpx then defines a stand-in ``httpx.main``. httpx
+    itself is still imported only by the commands that need it. This is done
+    for the ``vouch`` process alone, never when vouch is used as a library.
+    """
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+
 def main() -> None:
+    _without_httpx_cli()
     cli()

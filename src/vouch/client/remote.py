@@ -79,6 +79,33 @@ SERVER_KEY_ROLES: Final = frozenset({"timestamp", "snapshot"})
 _PATH_SAFE: Final = "/:@!$&'()*+,;=-._~"
 
 
+class _SystemRootsContext(ssl.SSLContext):
+    """A verifying client context that loads the system's CA roots on its first
+    TLS connection rather than when it is made.
+
+    Loading them takes about 30 ms, which every CLI call paid at start-up even
+    when it talked plain HTTP or only to a token realm later. The roots are in
+    place before any handshake (both ways a socket is wrapped load them), so
+    nothing is ever verified against an empty pool by accident; an empty pool
+    would fail closed anyway.
+    """
+
+    _roots_loaded = False
+
+    def _load_roots(self) -> None:
+        if not self._roots_loaded:
+            self.load_default_certs(ssl.Purpose.SERVER_AUTH)
+            self._roots_loaded = True
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self._load_roots()
+        return super().wrap_socket(*args, **kwargs)
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        self._load_roots()
+        return super().wrap_bio(*args, **kwargs)
+
+
 @dataclass(frozen=True)
 class TLSConfig:
     """Client TLS as the notary CLI configures it (spec §9.3).
@@ -101,7 +128,10 @@ class TLSConfig:
             raise ValueError("a TLS client certificate needs its key, and a key its certificate")
 
     def ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.ca_file is not None:
+            ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        else:
+            ctx = _SystemRootsContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.skip_verify:
             ctx.check_hostname = False

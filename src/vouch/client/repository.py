@@ -10,23 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vouch.client import errors
-from vouch.client.apply import ChangeError, Working, sign_working
 from vouch.client.cache import MetadataCache
-from vouch.client.changelist import (
-    Change,
-    Changelist,
-    DelegationData,
-    RoleData,
-    TargetData,
-    delegation_change,
-    role_change,
-    target_change,
-    target_removal,
-    witness_change,
-)
 from vouch.client.remote import Remote
 from vouch.client.update import (
     MetadataNotFoundError,
@@ -35,15 +24,20 @@ from vouch.client.update import (
     Updater,
     UpdateResult,
 )
-from vouch.crypto.certs import root_key
-from vouch.crypto.keystore import KeyStore, PassphraseRetriever
-from vouch.crypto.privkey import PrivateKey
 from vouch.tuf import build, roles, timefmt
 from vouch.tuf.errors import TrustError
 from vouch.tuf.keys import Key
 from vouch.tuf.metadata import MISSING, FileMeta, Metadata, Signer, Targets
 from vouch.tuf.pinning import TrustPinning
 from vouch.tuf.trusted import TargetInfo, TrustedSet
+
+# Keys, the changelist and signing are imported when first used: reading a
+# repository (``vouch list``, the admission controller) needs none of them.
+if TYPE_CHECKING:
+    from vouch.client.apply import Working
+    from vouch.client.changelist import Change, Changelist
+    from vouch.crypto.keystore import KeyStore, PassphraseRetriever
+    from vouch.crypto.privkey import PrivateKey
 
 __all__ = ["Repository", "RepositoryError", "TargetInfo"]
 
@@ -89,9 +83,20 @@ class Repository:
         self.remote = remote
         self.trust_dir = Path(trust_dir)
         self.cache = MetadataCache(self.trust_dir, gun)
-        self.changelist = Changelist.for_gun(self.trust_dir, gun)
-        self.keys = KeyStore(self.trust_dir, passphrases)
+        self._passphrases = passphrases
         self.pinning = pinning or TrustPinning()
+
+    @cached_property
+    def changelist(self) -> Changelist:
+        from vouch.client.changelist import Changelist
+
+        return Changelist.for_gun(self.trust_dir, self.gun)
+
+    @cached_property
+    def keys(self) -> KeyStore:
+        from vouch.crypto.keystore import KeyStore
+
+        return KeyStore(self.trust_dir, self._passphrases)
 
     # -- reading -------------------------------------------------------------
 
@@ -143,6 +148,8 @@ class Repository:
         roles_to: list[str] | None = None,
     ) -> list[str]:
         """Stage a target (from its content, or ``length`` + ``hashes`` as ``addhash``)."""
+        from vouch.client.changelist import TargetData, target_change
+
         if content is not None:
             data = TargetData.for_bytes(content, custom)
         elif length is not None and hashes:
@@ -155,6 +162,8 @@ class Repository:
         ]
 
     def remove_target(self, name: str, *, roles_from: list[str] | None = None) -> list[str]:
+        from vouch.client.changelist import target_removal
+
         return [self.changelist.add(target_removal(name, r)) for r in roles_from or [roles.TARGETS]]
 
     def add_delegation(
@@ -168,6 +177,8 @@ class Repository:
     ) -> list[str]:
         """Stage a delegation (or new keys and paths for an existing one), as
         ``notary delegation add``: one change for keys, one for paths."""
+        from vouch.client.changelist import DelegationData, delegation_change
+
         roles.check_delegation_name(role)
         staged = []
         if keys:
@@ -198,6 +209,8 @@ class Repository:
         all_paths: bool = False,
     ) -> str:
         """Stage removing keys or paths from a delegation, or the whole role."""
+        from vouch.client.changelist import DelegationData, delegation_change
+
         if not key_ids and not paths and not all_paths:
             return self.changelist.add(delegation_change("delete", role))
         data = DelegationData(
@@ -208,10 +221,14 @@ class Repository:
         return self.changelist.add(delegation_change("update", role, data))
 
     def purge_delegation_keys(self, key_ids: list[str]) -> str:
+        from vouch.client.changelist import DelegationData, delegation_change
+
         data = DelegationData(remove_keys=tuple(key_ids))
         return self.changelist.add(delegation_change("delete", "targets/*", data))
 
     def witness(self, role: str) -> str:
+        from vouch.client.changelist import witness_change
+
         return self.changelist.add(witness_change(role))
 
     def status(self) -> list[Change]:
@@ -223,6 +240,8 @@ class Repository:
     # -- keys ----------------------------------------------------------------
 
     def _load_or_create(self, role: str, keytype: str = "ecdsa") -> PrivateKey:
+        from vouch.crypto.privkey import PrivateKey
+
         gun = self.gun if role in (roles.TARGETS, roles.SNAPSHOT) else ""
         for info in self.keys.list_keys(role=role, gun=gun or None):
             return self.keys.load(info.keyid)
@@ -260,6 +279,8 @@ class Repository:
         to use instead of a fresh self-signed certificate; it must certify the
         root private key.
         """
+        from vouch.crypto.certs import root_key
+
         now = now or timefmt.now()
         remote = self._remote()
         if root_key_id is not None:
@@ -316,6 +337,8 @@ class Repository:
     async def publish(self, *, now: datetime | None = None) -> list[str]:
         """Apply the changelist, sign what changed, upload it in one request.
         Returns the roles uploaded; the changelist is cleared on success."""
+        from vouch.client.apply import Working, sign_working
+
         now = now or timefmt.now()
         remote = self._remote()
         files, first = await self._published_files()
@@ -339,6 +362,9 @@ class Repository:
 
     async def rotate_key(self, role: str, *, server_managed: bool = False) -> Key:
         """Rotate a base role's key and publish a new root listing it."""
+        from vouch.client.changelist import Change, RoleData
+        from vouch.crypto.privkey import PrivateKey
+
         if role not in (roles.TARGETS, roles.SNAPSHOT, roles.TIMESTAMP):
             raise RepositoryError("rotate targets, snapshot or timestamp (root: rotate_root)")
         remote = self._remote()
@@ -358,6 +384,11 @@ class Repository:
         """``notary key rotate <gun> root``: a new root key (or the stored ``key_id``)
         with a new certificate, published at once in a root signed by the old and
         the new root keys. Staged changes are left staged, as with notary."""
+        from vouch.client.apply import Working, sign_working
+        from vouch.client.changelist import role_change
+        from vouch.crypto.certs import root_key
+        from vouch.crypto.privkey import PrivateKey
+
         now = now or timefmt.now()
         remote = self._remote()
         files, first = await self._published_files()
@@ -395,6 +426,9 @@ def _files_of(trusted: TrustedSet) -> dict[str, bytes]:
 
 
 def _apply(work: Working, change: Change, now: datetime) -> None:
+    from vouch.client.apply import ChangeError
+    from vouch.client.changelist import DelegationData, RoleData, TargetData
+
     try:
         if change.type == "target":
             if change.action == "delete":
