@@ -8,6 +8,7 @@ trust directory can be used by ``notary`` and ``vouch`` alternately.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -110,10 +111,17 @@ class Repository:
         except (errors.ServerUnavailable, errors.Unauthorized) as exc:
             raise MetadataUnavailableError(str(exc)) from exc
 
-    async def refresh(self, *, now: datetime | None = None) -> UpdateResult:
-        """Fetch and verify the repository; the result holds the trusted set."""
+    async def refresh(
+        self, *, now: datetime | None = None, prefetch: Iterable[str] = ()
+    ) -> UpdateResult:
+        """Fetch and verify the repository; the result holds the trusted set.
+
+        ``prefetch`` names delegations the caller is about to read (say
+        ``targets/releases``): on first contact they are requested in the same
+        round trip as root, timestamp, snapshot and targets.
+        """
         return await Updater(
-            self.gun, self._fetch, self.cache, pinning=self.pinning, now=now
+            self.gun, self._fetch, self.cache, pinning=self.pinning, now=now, prefetch=prefetch
         ).refresh()
 
     async def list_targets(self, roles_filter: list[str] | None = None) -> list[Target]:
