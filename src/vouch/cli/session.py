@@ -88,6 +88,11 @@ class Session:
             self._retriever = passphrase_retriever()
         return self._retriever
 
+    def _passphrase(self, key_id: str, alias: str, creating: bool, attempt: int) -> str:
+        """The retriever, built on the first key a command opens: reads need no keys
+        and do not pay for importing the key store."""
+        return self.retriever(key_id, alias, creating, attempt)
+
     def keystore(self) -> KeyStore:
         from vouch.crypto.keystore import KeyStore
 
@@ -118,7 +123,7 @@ class Session:
             remote,
             self.trust_dir,
             pinning=self.config.trust_pinning,
-            passphrases=self.retriever,
+            passphrases=self._passphrase,
         )
 
     def offline(self, gun: str) -> Repository:
