@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import stat
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -269,6 +271,22 @@ def test_missing_repository(tmp_path: Path) -> None:
     sim.root_history.clear()
     with pytest.raises(RepositoryNotFoundError):
         run(Updater(sim.gun, server, MetadataCache(tmp_path, sim.gun)))
+
+
+def test_cache_files_private_and_replaced_atomically(tmp_path: Path) -> None:
+    cache = MetadataCache(tmp_path, "example.com/app")
+    cache.write("targets/releases", b"one")
+    cache.write("targets/releases", b"two" * 100_000)
+    path = cache.path("targets/releases")
+    assert path.read_bytes() == b"two" * 100_000
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0
+    assert [p.name for p in cache.dir.rglob(".tmp-*")] == []
+    # A stale temporary file of a crashed process with our PID is not reused.
+    stale = path.parent / f".tmp-{os.getpid()}-0"
+    stale.write_bytes(b"stale")
+    cache.write("targets/releases", b"three")
+    assert path.read_bytes() == b"three" and stale.read_bytes() == b"stale"
 
 
 @pytest.mark.parametrize("gun", ["../evil", "/abs", "a//b", "a/./b", ""])

@@ -54,7 +54,7 @@ MAX_ROOT_CHAIN = 1000
 # A file fetched before anything pins its length (first contact): the same
 # bound as for a root, notary's limit for downloads of unknown size.
 MAX_SPECULATIVE_SIZE = MAX_ROOT_SIZE
-DEFAULT_CONCURRENCY = 16
+DEFAULT_CONCURRENCY = 4
 
 
 class MetadataNotFoundError(Exception):
