@@ -475,7 +475,9 @@ async def test_bad_key_and_changefeed_replies() -> None:
 
 async def test_names_that_would_leave_their_path_are_refused() -> None:
     async with vouch_remote() as r:
-        for name in ("../x.json", "targets/../root.json", "/root.json", "a//b.json", "x y.json"):
+        bad = ("../x.json", "targets/../root.json", "/root.json", "a//b.json", "x y.json")
+        controls = ("x\x00.json", "x\n.json", "x\x1f.json", "x\x7f.json", "x\t.json")
+        for name in (*bad, *controls):
             with pytest.raises(ValueError, match="invalid metadata name"):
                 await r.get_metadata("example.com/x", name, 100)
         for gun in ("", "example.com/../x", "/abs", "example.com/x/"):

@@ -18,7 +18,9 @@ deliberately dumb about TUF and strict about HTTP:
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import secrets
 import ssl
 from collections.abc import Mapping
@@ -159,6 +161,10 @@ class ChangeFeed:
     records: list[Change]
 
 
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+
+
+@functools.lru_cache(maxsize=4096)
 def _check_path(value: str, what: str) -> str:
     """``value`` quoted for a URL path; refuses what could leave its place in the path.
 
@@ -170,7 +176,7 @@ def _check_path(value: str, what: str) -> str:
         raise ValueError(f"invalid {what}: {value!r}")
     if any(seg in ("", ".", "..") for seg in value.split("/")):
         raise ValueError(f"invalid {what}: {value!r}")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+    if _CONTROL_OR_SPACE.search(value):
         raise ValueError(f"invalid {what}: {value!r}")
     return quote(value, safe=_PATH_SAFE)
 
