@@ -8,6 +8,7 @@ keep their heavy imports inside the command bodies too).
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -42,9 +43,14 @@ COMMANDS: dict[str, str] = {
 }
 
 
+#: Commands after which the process may exit at once (see :func:`main`).
+READ_ONLY = frozenset({"list", "lookup", "verify"})
+
+
 @click.group(
     cls=VouchGroup,
     lazy_commands=COMMANDS,
+    read_only=READ_ONLY,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.version_option(__version__, prog_name="vouch")
@@ -73,6 +79,30 @@ def _without_httpx_cli() -> None:
         sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 
+def _exit_now() -> None:
+    """Leave the process without the interpreter's teardown.
+
+    Freeing every object and module of a ``list`` of 10,000 targets at exit
+    took about 30 ms of CPU, 10% of the command. After a read-only command
+    there is nothing left to do but flush stdout and stderr: the metadata
+    cache is written with unbuffered, closed file descriptors, and no other
+    file is open for writing. If flushing fails (a closed pipe), the normal
+    exit runs and reports it as Python does.
+    """
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(0)
+
+
 def main() -> None:
+    """The ``vouch`` console script."""
     _without_httpx_cli()
-    cli()
+    try:
+        cli.main()
+    except SystemExit as exc:
+        if exc.code in (None, 0) and isinstance(cli, VouchGroup) and cli.finished_read_only:
+            _exit_now()
+        raise
