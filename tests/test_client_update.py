@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import stat
 from collections.abc import Callable
 from datetime import timedelta
@@ -287,6 +288,10 @@ def test_cache_files_private_and_replaced_atomically(tmp_path: Path) -> None:
     stale.write_bytes(b"stale")
     cache.write("targets/releases", b"three")
     assert path.read_bytes() == b"three" and stale.read_bytes() == b"stale"
+    # Someone removes the directory under a live cache object: it is made again.
+    shutil.rmtree(cache.dir)
+    cache.write("targets/releases", b"four")
+    assert path.read_bytes() == b"four"
 
 
 @pytest.mark.parametrize("gun", ["../evil", "/abs", "a//b", "a/./b", ""])

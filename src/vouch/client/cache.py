@@ -29,6 +29,7 @@ class MetadataCache:
     def __init__(self, trust_dir: Path, gun: str) -> None:
         self.gun = check_client_gun(gun)
         self.dir = Path(trust_dir) / "tuf" / gun / "metadata"
+        self._made: set[Path] = set()  # directories this object has created or seen
 
     def path(self, role: str) -> Path:
         roles.check_role_name(role)
@@ -49,7 +50,9 @@ class MetadataCache:
         a separate ``chmod``: about 0.2 ms a file.
         """
         path = self.path(role)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.parent not in self._made:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._made.add(path.parent)
         while True:
             tmp = path.parent / f".tmp-{os.getpid()}-{next(_sequence)}"
             try:
@@ -57,6 +60,11 @@ class MetadataCache:
                 break
             except FileExistsError:  # left over by an earlier process with our PID
                 continue
+            except FileNotFoundError:  # the directory went away since we made it
+                if path.parent not in self._made:
+                    raise
+                self._made.discard(path.parent)
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             try:
                 os.fchmod(fd, 0o600)  # whatever the umask
