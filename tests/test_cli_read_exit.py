@@ -99,7 +99,9 @@ def test_verify_output_file_and_stdout_complete(server: VouchServer, tmp_path: P
 def test_failures_keep_their_exit_status(server: VouchServer, tmp_path: Path) -> None:
     missing = vouch(server, tmp_path / "trust", "lookup", GUN, "no-such-tag")
     assert missing.returncode == 1 and b"No valid trust data" in missing.stderr
-    tampered = vouch(server, tmp_path / "trust", "verify", GUN, "big", stdin=BIG[:-1] + b"x")
+    tampered = vouch(
+        server, tmp_path / "trust", "verify", GUN, "big", stdin=BIG[:-1] + bytes([BIG[-1] ^ 1])
+    )
     assert tampered.returncode == 1 and tampered.stdout == b""
     unknown = vouch(server, tmp_path / "trust", "list", "example.com/cli/none")
     assert unknown.returncode == 1 and b"does not have trust data" in unknown.stderr
