@@ -4,8 +4,11 @@ One repository with 10,000 targets in `targets` and 100 delegations (each
 with a few targets) is published to Debian's notary-server (memory storage)
 with vouch's client. Each CLI then lists it from its own trust directory,
 cold (empty cache: every file downloaded and verified) and warm (cache
-filled: only the timestamp is fetched), start-up included. Prints the
-median wall time of each and the ratio vouch/notary (goal: <= 1.0).
+filled: only the timestamp is fetched), start-up included. The two CLIs take
+turns run by run, so a change in the machine's load hits both alike. Prints
+the median wall time of each and the ratio vouch/notary (goal: <= 1.0), and
+the median CPU time (user + system) of each process, which other work on a
+shared machine disturbs less than wall time.
 
     .venv/bin/python bench/client.py [--targets 10000] [--delegations 100] [--runs 5]
 """
@@ -17,6 +20,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -79,13 +83,17 @@ async def publish(url: str, trust: Path, n_targets: int, n_delegations: int) -> 
         await repo.publish()
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall time, CPU time (user + system, the process and its threads) and stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if out.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed: {out.stdout}{out.stderr}")
-    return elapsed, out.stdout
+    return elapsed, cpu, out.stdout
 
 
 def main() -> None:
@@ -111,31 +119,41 @@ def main() -> None:
             f"(published in {time.perf_counter() - t0:.1f} s, untimed)"
         )
         notary = ["/usr/bin/notary", "-c", str(home / ".notary" / "config.json"), "-s", url]
-        results: dict[str, dict[str, list[float]]] = {"vouch": {}, "notary": {}}
+        clis = {"notary": notary, "vouch": [vouch, "-s", url]}
+        wall: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
         outputs: dict[str, str] = {}
-        for name, base in (("notary", notary), ("vouch", [vouch, "-s", url])):
-            for mode in ("cold", "warm"):
-                times = []
-                for run in range(args.runs):
+        for mode in ("cold", "warm"):
+            for run in range(args.runs):
+                for name, base in clis.items():
                     trust = work / f"{name}-trust-{mode}"
                     if mode == "cold":
                         shutil.rmtree(trust, ignore_errors=True)
                     elif run == 0:
                         timed([*base, "-d", str(trust), "list", GUN], env)  # fill the cache
-                    elapsed, out = timed([*base, "-d", str(trust), "list", GUN], env)
-                    times.append(elapsed)
+                    elapsed, used, out = timed([*base, "-d", str(trust), "list", GUN], env)
+                    wall.setdefault((name, mode), []).append(elapsed)
+                    cpu.setdefault((name, mode), []).append(used)
                     outputs[name] = out
-                results[name][mode] = times
         lines = {
             n: len([ln for ln in o.splitlines() if ln and not ln.startswith(("NAME", "----"))])
             for n, o in outputs.items()
         }
         print(f"listed     notary {lines['notary']} rows, vouch {lines['vouch']} rows")
-        print(f"{'':10}{'notary s':>10}{'vouch s':>10}{'vouch/notary':>14}")
+        print(f"median of {args.runs} runs, the two CLIs taking turns")
+        print(
+            f"{'':10}{'notary s':>10}{'vouch s':>10}{'vouch/notary':>14}"
+            f"{'notary cpu s':>14}{'vouch cpu s':>13}{'cpu ratio':>11}"
+        )
         for mode in ("cold", "warm"):
-            n = statistics.median(results["notary"][mode])
-            v = statistics.median(results["vouch"][mode])
-            print(f"{mode:<10}{n:>10.3f}{v:>10.3f}{v / n:>14.2f}")
+            n, v = (statistics.median(wall[(c, mode)]) for c in ("notary", "vouch"))
+            nc, vc = (statistics.median(cpu[(c, mode)]) for c in ("notary", "vouch"))
+            print(
+                f"{mode:<10}{n:>10.3f}{v:>10.3f}{v / n:>14.2f}"
+                f"{nc:>14.3f}{vc:>13.3f}{vc / nc:>11.2f}"
+            )
+        load = os.getloadavg()[0]
+        print(f"load average (1 min) at the end: {load:.2f} on {os.cpu_count()} cores")
     finally:
         proc.terminate()
         proc.wait(timeout=10)

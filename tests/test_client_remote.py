@@ -475,7 +475,9 @@ async def test_bad_key_and_changefeed_replies() -> None:
 
 async def test_names_that_would_leave_their_path_are_refused() -> None:
     async with vouch_remote() as r:
-        for name in ("../x.json", "targets/../root.json", "/root.json", "a//b.json", "x y.json"):
+        bad = ("../x.json", "targets/../root.json", "/root.json", "a//b.json", "x y.json")
+        controls = ("x\x00.json", "x\n.json", "x\x1f.json", "x\x7f.json", "x\t.json")
+        for name in (*bad, *controls):
             with pytest.raises(ValueError, match="invalid metadata name"):
                 await r.get_metadata("example.com/x", name, 100)
         for gun in ("", "example.com/../x", "/abs", "example.com/x/"):
@@ -781,3 +783,21 @@ async def test_tls_options(tmp_path: Path) -> None:
             assert await r.ping() is True
     with pytest.raises(ValueError, match="needs its key"):
         TLSConfig(client_cert=cert)
+
+
+def test_system_roots_loaded_before_the_first_handshake() -> None:
+    """Without a CA file the system roots are loaded lazily (start-up time), but
+    always before a TLS connection is set up, so verification never runs on
+    an empty pool; the context verifies as ``ssl.create_default_context`` does."""
+    ctx = TLSConfig().ssl_context()
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert ctx.cert_store_stats()["x509_ca"] == 0
+    ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="example.com")
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    assert system > 0, "the machine has no system CA roots to compare with"
+    assert ctx.cert_store_stats()["x509_ca"] == system
+    other = TLSConfig().ssl_context()
+    with socket.socket() as sock, other.wrap_socket(sock, server_hostname="example.com"):
+        pass  # not connected: no handshake, but the roots are loaded
+    assert other.cert_store_stats()["x509_ca"] == system

@@ -156,6 +156,41 @@ def test_file_meta_hash_rules() -> None:
         meta.verify(b"foobar!")
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        H256[:-1],  # padding missing
+        H256[:-2] + "==",  # 31 bytes
+        H256[:-1] + "A",  # 33 bytes' worth of characters, no padding
+        H256[:5] + "_" + H256[6:],  # URL-safe alphabet
+        H256[:10] + " " + H256[11:],
+        H256[:-1] + "=\n",
+        "=" + H256[1:],
+        H256 + "AAAA",
+    ],
+)
+def test_file_meta_refuses_digests_of_the_wrong_size_or_alphabet(value: str) -> None:
+    """The fast digest check must refuse exactly what the strict decoder refuses."""
+    with pytest.raises(FormatError, match="sha256"):
+        FileMeta.from_dict({"hashes": {"sha256": value}, "length": 1}, "t", "target")
+
+
+def test_file_meta_keeps_custom_and_unknown_members() -> None:
+    meta = FileMeta.from_dict(
+        {"hashes": {"sha256": H256, "md5": "xx"}, "length": 6, "custom": {"a": 1}, "z": [1]}
+    )
+    assert meta.custom == {"a": 1} and meta.unrecognized == {"z": [1]}
+    assert meta.hashes == {"sha256": H256, "md5": "xx"}
+    assert meta.to_dict() == {
+        "hashes": {"sha256": H256, "md5": "xx"},
+        "length": 6,
+        "custom": {"a": 1},
+        "z": [1],
+    }
+    plain = FileMeta.from_dict({"hashes": {"sha256": H256}, "length": 6})
+    assert plain.unrecognized == {} and plain.to_dict() == {"hashes": {"sha256": H256}, "length": 6}
+
+
 def test_custom_with_float_refused_when_building() -> None:
     with pytest.raises(FormatError):
         FileMeta.for_bytes(b"x", {"ratio": 0.5})

@@ -318,7 +318,9 @@ class Engine:
             return previous
         trust_dir = self.cache_dir / hashlib.sha256(server.encode()).hexdigest()[:16] / pin_id
         repo = Repository(ref.name, remote, trust_dir, pinning=pinning)
-        result = await repo.refresh()
+        # The release role is what _released_digest reads first: on first
+        # contact it comes in the same round trip as the top-level files.
+        result = await repo.refresh(prefetch=RELEASE_ROLES[:1])
         return result.trusted
 
 

@@ -16,9 +16,23 @@ import click
 
 
 class VouchGroup(click.Group):
-    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None, **kw: Any) -> None:
+    """``read_only`` names commands that change nothing on disk but the metadata
+    cache (written atomically and unbuffered) and print their result: after
+    one of them succeeds, :attr:`finished_read_only` is set, so the console
+    script may leave without tearing the interpreter down (see
+    :func:`vouch.cli.main.main`)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        lazy_commands: dict[str, str] | None = None,
+        read_only: frozenset[str] = frozenset(),
+        **kw: Any,
+    ) -> None:
         super().__init__(*args, **kw)
         self.lazy_commands = dict(lazy_commands or {})
+        self.read_only = read_only
+        self.finished_read_only = False
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         eager = [n for n in super().list_commands(ctx) if n not in self.lazy_commands]
@@ -47,7 +61,9 @@ class VouchGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            self.finished_read_only = ctx.invoked_subcommand in self.read_only
+            return result
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:

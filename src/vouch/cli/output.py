@@ -34,12 +34,9 @@ def emit_json(data: Any) -> None:
 
 def plain_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """``rows`` under ``columns`` as notary's ``initTabWriter`` prints them."""
-    lines = [list(columns), ["-" * len(c) for c in columns], *[list(r) for r in rows]]
-    widths = [max(len(line[i]) for line in lines) + PADDING for i in range(len(columns) - 1)]
-    out = []
-    for line in lines:
-        cells = [cell.ljust(widths[i]) for i, cell in enumerate(line[:-1])]
-        out.append("".join(cells) + line[-1])
+    lines = [columns, ["-" * len(c) for c in columns], *rows]
+    widths = [max(map(len, column)) + PADDING for column in list(zip(*lines, strict=True))[:-1]]
+    out = ["".join([*map(str.ljust, line, widths), line[-1]]) for line in lines]
     return "\n".join(out) + "\n"
 
 

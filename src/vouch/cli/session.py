@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from vouch.client.remote import Remote
     from vouch.client.repository import Repository
     from vouch.crypto.keystore import KeyStore, PassphraseRetriever
+    from vouch.crypto.pkcs11token import Token
     from vouch.crypto.tokenkeys import TokenProvider
 
 T = TypeVar("T")
@@ -105,6 +106,16 @@ class Session:
             )
         return self._tokens
 
+    def _passphrase(self, key_id: str, alias: str, creating: bool, attempt: int) -> str:
+        """The retriever, built on the first key a command opens: reads need no keys
+        and do not pay for importing the key store."""
+        return self.retriever(key_id, alias, creating, attempt)
+
+    def _token(self, module_hint: str | None, label_hint: str | None) -> Token:
+        """The token provider, built on the first token a command opens (reads open none
+        and do not pay for importing the PKCS#11 code)."""
+        return self.tokens(module_hint, label_hint)
+
     def keystore(self) -> KeyStore:
         from vouch.crypto.keystore import KeyStore
 
@@ -135,8 +146,8 @@ class Session:
             remote,
             self.trust_dir,
             pinning=self.config.trust_pinning,
-            passphrases=self.retriever,
-            tokens=self.tokens,
+            passphrases=self._passphrase,
+            tokens=self._token,
         )
 
     def offline(self, gun: str) -> Repository:

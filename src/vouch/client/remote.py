@@ -18,7 +18,9 @@ deliberately dumb about TUF and strict about HTTP:
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import secrets
 import ssl
 from collections.abc import Mapping
@@ -79,6 +81,33 @@ SERVER_KEY_ROLES: Final = frozenset({"timestamp", "snapshot"})
 _PATH_SAFE: Final = "/:@!$&'()*+,;=-._~"
 
 
+class _SystemRootsContext(ssl.SSLContext):
+    """A verifying client context that loads the system's CA roots on its first
+    TLS connection rather than when it is made.
+
+    Loading them takes about 30 ms, which every CLI call paid at start-up even
+    when it talked plain HTTP or only to a token realm later. The roots are in
+    place before any handshake (both ways a socket is wrapped load them), so
+    nothing is ever verified against an empty pool by accident; an empty pool
+    would fail closed anyway.
+    """
+
+    _roots_loaded = False
+
+    def _load_roots(self) -> None:
+        if not self._roots_loaded:
+            self.load_default_certs(ssl.Purpose.SERVER_AUTH)
+            self._roots_loaded = True
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self._load_roots()
+        return super().wrap_socket(*args, **kwargs)
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        self._load_roots()
+        return super().wrap_bio(*args, **kwargs)
+
+
 @dataclass(frozen=True)
 class TLSConfig:
     """Client TLS as the notary CLI configures it (spec §9.3).
@@ -101,7 +130,10 @@ class TLSConfig:
             raise ValueError("a TLS client certificate needs its key, and a key its certificate")
 
     def ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.ca_file is not None:
+            ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        else:
+            ctx = _SystemRootsContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.skip_verify:
             ctx.check_hostname = False
@@ -129,6 +161,10 @@ class ChangeFeed:
     records: list[Change]
 
 
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+
+
+@functools.lru_cache(maxsize=4096)
 def _check_path(value: str, what: str) -> str:
     """``value`` quoted for a URL path; refuses what could leave its place in the path.
 
@@ -140,7 +176,7 @@ def _check_path(value: str, what: str) -> str:
         raise ValueError(f"invalid {what}: {value!r}")
     if any(seg in ("", ".", "..") for seg in value.split("/")):
         raise ValueError(f"invalid {what}: {value!r}")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+    if _CONTROL_OR_SPACE.search(value):
         raise ValueError(f"invalid {what}: {value!r}")
     return quote(value, safe=_PATH_SAFE)
 

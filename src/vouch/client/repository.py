@@ -8,25 +8,15 @@ trust directory can be used by ``notary`` and ``vouch`` alternately.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vouch.client import errors
-from vouch.client.apply import ChangeError, Working, sign_working
 from vouch.client.cache import MetadataCache
-from vouch.client.changelist import (
-    Change,
-    Changelist,
-    DelegationData,
-    RoleData,
-    TargetData,
-    delegation_change,
-    role_change,
-    target_change,
-    target_removal,
-    witness_change,
-)
 from vouch.client.remote import Remote
 from vouch.client.update import (
     MetadataNotFoundError,
@@ -35,16 +25,21 @@ from vouch.client.update import (
     Updater,
     UpdateResult,
 )
-from vouch.crypto.certs import root_key
-from vouch.crypto.keystore import KeyStore, PassphraseRetriever
-from vouch.crypto.privkey import PrivateKey
-from vouch.crypto.tokenkeys import TokenProvider, token_root_key
 from vouch.tuf import build, roles, timefmt
 from vouch.tuf.errors import TrustError
 from vouch.tuf.keys import Key
 from vouch.tuf.metadata import MISSING, FileMeta, Metadata, Signer, Targets
 from vouch.tuf.pinning import TrustPinning
 from vouch.tuf.trusted import TargetInfo, TrustedSet
+
+# Keys, the changelist and signing are imported when first used: reading a
+# repository (``vouch list``, the admission controller) needs none of them.
+if TYPE_CHECKING:
+    from vouch.client.apply import Working
+    from vouch.client.changelist import Change, Changelist
+    from vouch.crypto.keystore import KeyStore, PassphraseRetriever
+    from vouch.crypto.privkey import PrivateKey
+    from vouch.crypto.tokenkeys import TokenProvider
 
 __all__ = ["Repository", "RepositoryError", "TargetInfo"]
 
@@ -91,9 +86,21 @@ class Repository:
         self.remote = remote
         self.trust_dir = Path(trust_dir)
         self.cache = MetadataCache(self.trust_dir, gun)
-        self.changelist = Changelist.for_gun(self.trust_dir, gun)
-        self.keys = KeyStore(self.trust_dir, passphrases, tokens=tokens)
+        self._passphrases = passphrases
+        self._tokens = tokens
         self.pinning = pinning or TrustPinning()
+
+    @cached_property
+    def changelist(self) -> Changelist:
+        from vouch.client.changelist import Changelist
+
+        return Changelist.for_gun(self.trust_dir, self.gun)
+
+    @cached_property
+    def keys(self) -> KeyStore:
+        from vouch.crypto.keystore import KeyStore
+
+        return KeyStore(self.trust_dir, self._passphrases, tokens=self._tokens)
 
     # -- reading -------------------------------------------------------------
 
@@ -107,10 +114,17 @@ class Repository:
         except (errors.ServerUnavailable, errors.Unauthorized) as exc:
             raise MetadataUnavailableError(str(exc)) from exc
 
-    async def refresh(self, *, now: datetime | None = None) -> UpdateResult:
-        """Fetch and verify the repository; the result holds the trusted set."""
+    async def refresh(
+        self, *, now: datetime | None = None, prefetch: Iterable[str] = ()
+    ) -> UpdateResult:
+        """Fetch and verify the repository; the result holds the trusted set.
+
+        ``prefetch`` names delegations the caller is about to read (say
+        ``targets/releases``): on first contact they are requested in the same
+        round trip as root, timestamp, snapshot and targets.
+        """
         return await Updater(
-            self.gun, self._fetch, self.cache, pinning=self.pinning, now=now
+            self.gun, self._fetch, self.cache, pinning=self.pinning, now=now, prefetch=prefetch
         ).refresh()
 
     async def list_targets(self, roles_filter: list[str] | None = None) -> list[Target]:
@@ -145,6 +159,8 @@ class Repository:
         roles_to: list[str] | None = None,
     ) -> list[str]:
         """Stage a target (from its content, or ``length`` + ``hashes`` as ``addhash``)."""
+        from vouch.client.changelist import TargetData, target_change
+
         if content is not None:
             data = TargetData.for_bytes(content, custom)
         elif length is not None and hashes:
@@ -157,6 +173,8 @@ class Repository:
         ]
 
     def remove_target(self, name: str, *, roles_from: list[str] | None = None) -> list[str]:
+        from vouch.client.changelist import target_removal
+
         return [self.changelist.add(target_removal(name, r)) for r in roles_from or [roles.TARGETS]]
 
     def add_delegation(
@@ -170,6 +188,8 @@ class Repository:
     ) -> list[str]:
         """Stage a delegation (or new keys and paths for an existing one), as
         ``notary delegation add``: one change for keys, one for paths."""
+        from vouch.client.changelist import DelegationData, delegation_change
+
         roles.check_delegation_name(role)
         staged = []
         if keys:
@@ -200,6 +220,8 @@ class Repository:
         all_paths: bool = False,
     ) -> str:
         """Stage removing keys or paths from a delegation, or the whole role."""
+        from vouch.client.changelist import DelegationData, delegation_change
+
         if not key_ids and not paths and not all_paths:
             return self.changelist.add(delegation_change("delete", role))
         data = DelegationData(
@@ -210,10 +232,14 @@ class Repository:
         return self.changelist.add(delegation_change("update", role, data))
 
     def purge_delegation_keys(self, key_ids: list[str]) -> str:
+        from vouch.client.changelist import DelegationData, delegation_change
+
         data = DelegationData(remove_keys=tuple(key_ids))
         return self.changelist.add(delegation_change("delete", "targets/*", data))
 
     def witness(self, role: str) -> str:
+        from vouch.client.changelist import witness_change
+
         return self.changelist.add(witness_change(role))
 
     def status(self) -> list[Change]:
@@ -225,6 +251,8 @@ class Repository:
     # -- keys ----------------------------------------------------------------
 
     def _load_or_create(self, role: str, keytype: str = "ecdsa") -> PrivateKey:
+        from vouch.crypto.privkey import PrivateKey
+
         gun = self.gun if role in (roles.TARGETS, roles.SNAPSHOT) else ""
         for info in self.keys.list_keys(role=role, gun=gun or None):
             if info.token is None:  # a key on a token is chosen explicitly (init --hsm)
@@ -246,6 +274,9 @@ class Repository:
     ) -> tuple[Signer, Key]:
         """The root key's signer under its certificate, and that certificate (a fresh
         self-signed one unless given; made by the token for a key on a token)."""
+        from vouch.crypto.certs import root_key
+        from vouch.crypto.tokenkeys import token_root_key
+
         ref = self.keys.token_ref(root_key_id)
         if ref is not None:
             if root_cert is None:
@@ -280,6 +311,7 @@ class Repository:
         root private key. ``hsm`` generates the root key on the PKCS#11 token
         (``root_key_id`` may also name a key already on one).
         """
+
         now = now or timefmt.now()
         remote = self._remote()
         if root_key_id is None:
@@ -337,6 +369,8 @@ class Repository:
     async def publish(self, *, now: datetime | None = None) -> list[str]:
         """Apply the changelist, sign what changed, upload it in one request.
         Returns the roles uploaded; the changelist is cleared on success."""
+        from vouch.client.apply import Working, sign_working
+
         now = now or timefmt.now()
         remote = self._remote()
         files, first = await self._published_files()
@@ -360,6 +394,9 @@ class Repository:
 
     async def rotate_key(self, role: str, *, server_managed: bool = False) -> Key:
         """Rotate a base role's key and publish a new root listing it."""
+        from vouch.client.changelist import Change, RoleData
+        from vouch.crypto.privkey import PrivateKey
+
         if role not in (roles.TARGETS, roles.SNAPSHOT, roles.TIMESTAMP):
             raise RepositoryError("rotate targets, snapshot or timestamp (root: rotate_root)")
         remote = self._remote()
@@ -379,6 +416,11 @@ class Repository:
         """``notary key rotate <gun> root``: a new root key (or the stored ``key_id``)
         with a new certificate, published at once in a root signed by the old and
         the new root keys. Staged changes are left staged, as with notary."""
+        from vouch.client.apply import Working, sign_working
+        from vouch.client.changelist import role_change
+        from vouch.crypto.certs import root_key
+        from vouch.crypto.privkey import PrivateKey
+
         now = now or timefmt.now()
         remote = self._remote()
         files, first = await self._published_files()
@@ -416,6 +458,9 @@ def _files_of(trusted: TrustedSet) -> dict[str, bytes]:
 
 
 def _apply(work: Working, change: Change, now: datetime) -> None:
+    from vouch.client.apply import ChangeError
+    from vouch.client.changelist import DelegationData, RoleData, TargetData
+
     try:
         if change.type == "target":
             if change.action == "delete":

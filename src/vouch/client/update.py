@@ -9,13 +9,24 @@ newest root, walk the versioned roots up to it, and retry once.
 
 Versions trusted before (the cached files) are floors, so a server cannot roll
 a client back across runs. Every verified download is cached verbatim.
+
+Fetching is concurrent, verifying is not. On first contact (no cached root)
+the current ``timestamp.json``, ``snapshot.json``, ``targets.json`` and any
+delegations the caller names (``prefetch``) are requested together with
+``root.json``, so a cold client costs one round trip. Those files are then
+used only if they are exactly what the verified timestamp and snapshot pin,
+hash and length; a file that is not (a publish raced the fetch, or a hostile
+server) is fetched again by the pinned checksum, and never trusted as it
+came. The children of each verified targets role are fetched together too,
+at most ``concurrency`` requests in flight, and verified in notary's order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -40,6 +51,10 @@ log = logging.getLogger("vouch.client")
 MAX_ROOT_SIZE = 100 * 1024 * 1024
 MAX_TIMESTAMP_SIZE = 1024 * 1024
 MAX_ROOT_CHAIN = 1000
+# A file fetched before anything pins its length (first contact): the same
+# bound as for a root, notary's limit for downloads of unknown size.
+MAX_SPECULATIVE_SIZE = MAX_ROOT_SIZE
+DEFAULT_CONCURRENCY = 4
 
 
 class MetadataNotFoundError(Exception):
@@ -97,7 +112,13 @@ def _floors(cache: MetadataCache) -> dict[str, int]:
 
 
 class Updater:
-    """One refresh of one GUN; create a new one for each refresh."""
+    """One refresh of one GUN; create a new one for each refresh.
+
+    ``prefetch`` names delegated roles the caller will need (the admission
+    engine asks for ``targets/releases``): on first contact they are fetched
+    along with the top-level files instead of after ``targets`` is verified.
+    ``concurrency`` bounds the requests in flight while walking delegations.
+    """
 
     def __init__(
         self,
@@ -107,35 +128,84 @@ class Updater:
         *,
         pinning: TrustPinning | None = None,
         now: datetime | None = None,
+        prefetch: Iterable[str] = (),
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         self.gun = gun
         self.fetch = source
         self.cache = cache
         self.pinning = pinning or TrustPinning()
         self.now = now or timefmt.now()
+        self.prefetch = tuple(prefetch)
+        for role in self.prefetch:
+            roles.check_delegation_name(role)
         self.warnings: list[str] = []
         self.offline = False
+        self._limit = asyncio.Semaphore(concurrency)
+        # Requests started ahead of their turn, by file name; see _take_early.
+        self._early: dict[str, asyncio.Future[bytes]] = {}
 
     async def refresh(self) -> UpdateResult:
-        trusted = await self._bootstrap()
         try:
-            await self._load_tree(trusted)
-        except (SignatureError, HashMismatchError, RollbackError, ExpiredError, FormatError) as exc:
-            if self.offline:
-                raise
-            log.info("verification failed (%s); checking for a newer root", exc)
-            root = await self._newest_root(trusted)
-            if root is None:
-                raise
-            trusted = TrustedSet(self.gun, root, now=self.now, floors=_floors(self.cache))
-            await self._load_tree(trusted)
+            trusted = await self._bootstrap()
+            try:
+                await self._load_tree(trusted)
+            except (
+                SignatureError,
+                HashMismatchError,
+                RollbackError,
+                ExpiredError,
+                FormatError,
+            ) as exc:
+                if self.offline:
+                    raise
+                log.info("verification failed (%s); checking for a newer root", exc)
+                root = await self._newest_root(trusted)
+                if root is None:
+                    raise
+                trusted = TrustedSet(self.gun, root, now=self.now, floors=_floors(self.cache))
+                await self._load_tree(trusted)
+        finally:
+            await _cancel(self._early.values())
+            self._early.clear()
         return UpdateResult(trusted, self.warnings, self.offline)
+
+    async def _limited(self, name: str, max_size: int) -> bytes:
+        async with self._limit:
+            return await self.fetch(name, max_size)
+
+    def _start_early(self) -> None:
+        """First contact: ask now for what the verification will want next."""
+        wanted = [
+            ("timestamp.json", MAX_TIMESTAMP_SIZE),
+            ("snapshot.json", MAX_SPECULATIVE_SIZE),
+            ("targets.json", MAX_SPECULATIVE_SIZE),
+            *((f"{role}.json", MAX_SPECULATIVE_SIZE) for role in self.prefetch),
+        ]
+        for name, limit in wanted:
+            if name not in self._early:
+                self._early[name] = asyncio.ensure_future(self._limited(name, limit))
+
+    async def _take_early(self, name: str) -> bytes | None:
+        """The early copy of ``name``, or None if there is none or it failed
+        (the caller then fetches by checksum and reports that fetch's error)."""
+        early = self._early.pop(name, None)
+        if early is None:
+            return None
+        try:
+            return await early
+        except Exception as exc:
+            log.debug("early fetch of %s failed: %s", name, exc)
+            return None
 
     async def _bootstrap(self) -> TrustedSet:
         cached = self.cache.read(roles.ROOT)
         floors = _floors(self.cache)
         if cached is not None:
             return TrustedSet(self.gun, cached, now=self.now, floors=floors)
+        self._start_early()
         try:
             root = await self.fetch("root.json", MAX_ROOT_SIZE)
         except MetadataNotFoundError as exc:
@@ -170,8 +240,14 @@ class Updater:
 
     async def _timestamp(self, trusted: TrustedSet) -> None:
         cached = self.cache.read(roles.TIMESTAMP)
+        early = self._early.pop("timestamp.json", None)
         try:
-            data = await self.fetch("timestamp.json", MAX_TIMESTAMP_SIZE)
+            # The early request is this very request, made sooner: its result
+            # or error stands as is.
+            if early is not None:
+                data = await early
+            else:
+                data = await self.fetch("timestamp.json", MAX_TIMESTAMP_SIZE)
         except (MetadataUnavailableError, MetadataNotFoundError) as exc:
             if cached is None:
                 if isinstance(exc, MetadataNotFoundError):
@@ -202,9 +278,18 @@ class Updater:
                 return cached
             except HashMismatchError:
                 pass
+        early = await self._take_early(f"{role}.json")
+        if early is not None:
+            try:
+                meta.verify(early, role)
+            except HashMismatchError as exc:
+                log.info("the current %s is not the pinned one (%s); fetching that", role, exc)
+            else:
+                self.cache.write(role, early)
+                return early
         digest = meta.sha256_hex()
         name = f"{role}.{digest}.json" if digest else f"{role}.json"
-        data = await self.fetch(name, meta.length)
+        data = await self._limited(name, meta.length)
         meta.verify(data, role)
         self.cache.write(role, data)
         return data
@@ -213,17 +298,43 @@ class Updater:
         await self._timestamp(trusted)
         trusted.update_snapshot(await self._pinned(trusted, roles.SNAPSHOT))
         trusted.update_targets(await self._pinned(trusted, roles.TARGETS))
-        # Pre-order, depth-first; a delegation that fails is skipped, as in notary.
-        stack = list(reversed(trusted.delegations_of(roles.TARGETS)))
-        while stack:
-            child = stack.pop()
-            assert trusted.snapshot is not None
-            if child.name not in trusted.snapshot.signed.meta:
-                continue
-            try:
-                data = await self._pinned(trusted, child.name)
-                trusted.update_delegated_targets(data, child.name)
-            except (TrustError, MetadataNotFoundError, MetadataUnavailableError) as exc:
-                self.warnings.append(f"skipping delegation {child.name}: {exc}")
-                continue
-            stack.extend(reversed(trusted.delegations_of(child.name)))
+        # Pre-order, depth-first; a delegation that fails is skipped, as in
+        # notary. A verified role's children are all requested at once.
+        fetching: dict[str, asyncio.Future[bytes]] = {}
+        try:
+            stack = self._fetch_children(trusted, roles.TARGETS, fetching)
+            while stack:
+                child = stack.pop()
+                pending = fetching.pop(child, None)
+                if pending is None:
+                    continue
+                try:
+                    trusted.update_delegated_targets(await pending, child)
+                except (TrustError, MetadataNotFoundError, MetadataUnavailableError) as exc:
+                    self.warnings.append(f"skipping delegation {child}: {exc}")
+                    continue
+                stack.extend(self._fetch_children(trusted, child, fetching))
+        finally:
+            await _cancel(fetching.values())
+
+    def _fetch_children(
+        self, trusted: TrustedSet, role: str, fetching: dict[str, asyncio.Future[bytes]]
+    ) -> list[str]:
+        """Start fetching ``role``'s delegations that the snapshot lists; return
+        their names as a stack (first child on top)."""
+        assert trusted.snapshot is not None
+        listed = trusted.snapshot.signed.meta
+        names = [c.name for c in trusted.delegations_of(role) if c.name in listed]
+        for name in names:
+            if name not in fetching:
+                fetching[name] = asyncio.ensure_future(self._pinned(trusted, name))
+        return names[::-1]
+
+
+async def _cancel(futures: Iterable[asyncio.Future[bytes]]) -> None:
+    """Stop requests nobody will use, and collect their errors unseen."""
+    pending = list(futures)
+    for future in pending:
+        future.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)

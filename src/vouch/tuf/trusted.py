@@ -321,7 +321,13 @@ class TrustedSet:
         out: dict[str, TargetInfo] = {}
         closed: list[DelegatedRole] = []
         for name, chain in self.walk():
-            for tname, meta in self.targets[name].signed.targets.items():
+            entries = self.targets[name].signed.targets
+            if not chain and not closed:  # the top-level role: no paths to check
+                for tname, meta in entries.items():
+                    if tname not in out:
+                        out[tname] = TargetInfo(tname, meta, name)
+                continue
+            for tname, meta in entries.items():
                 if tname in out or not all(d.matches(tname) for d in chain):
                     continue
                 if any(t.matches(tname) and t not in chain for t in closed):
