@@ -11,6 +11,7 @@ publish is atomic and concurrent publishers cannot fork a repository.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ from vouch.tuf.publish import (
 log = logging.getLogger("vouch.server")
 
 SERVER_KEY_ROLES = (roles.TIMESTAMP, roles.SNAPSHOT)
+#: Seconds a key the key service was found to hold is assumed held (one query
+#: per publish and role saved, on database-backed key services and signers).
+HELD_KEY_TTL = 30.0
 
 
 class KeyService(Protocol):
@@ -97,6 +101,7 @@ class TrustService:
         self.snapshot_refresh = snapshot_refresh
         self._expiry_cache: OrderedDict[str, _Freshness] = OrderedDict()
         self._roots: OrderedDict[str, Metadata[Root]] = OrderedDict()
+        self._held: dict[str, float] = {}  # key ID -> until when it is known to be held
 
     # -- reads ---------------------------------------------------------------
 
@@ -209,13 +214,18 @@ class TrustService:
 
     async def _held_keys(self, root: Root, role: str, *, strict: bool = False) -> list[str]:
         held = []
+        now = time.monotonic()
         for kid in signing_keyids(root, role):
+            if self._held.get(kid, 0.0) > now:
+                held.append(kid)
+                continue
             try:
                 key = await self.keys.public_key(kid)
             except Exception as exc:
                 raise SigningUnavailableError(str(exc)) from exc
             if key is not None:
                 held.append(kid)
+                self._remember_held(kid, now)
         if strict and not held:
             raise NoSigningKeyError("ErrBadRoot", f"no  {role} keys exist on the server")
         return held[: root.roles[role].threshold] if held else held
@@ -307,6 +317,16 @@ class TrustService:
         stored = await self.store.update(gun, apply)
         self._remember(stored)
         return stored
+
+    def _remember_held(self, kid: str, now: float) -> None:
+        """Remember that the key service holds ``kid``, for :data:`HELD_KEY_TTL` seconds.
+
+        A key named by a root is held for the repository's life in practice; if
+        one is deleted meanwhile, signing with it fails and the publish gets a
+        503 instead of a 400, for at most that long."""
+        self._held[kid] = now + HELD_KEY_TTL
+        if len(self._held) > 8192:
+            self._held = {k: t for k, t in self._held.items() if t > now}
 
     def _parsed_root(self, file: StoredFile) -> Metadata[Root]:
         """The stored root, parsed once per process (by its SHA-256; never modified)."""
