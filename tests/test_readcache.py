@@ -151,3 +151,38 @@ def test_byte_cache_keys_by_the_digest_it_computes_and_evicts_by_size() -> None:
     assert cache.get(ka) == a and cache.get(kc) == c
     assert cache.put(b"x" * 101) and len(cache) == 2  # too big to cache at all
     assert cache.hits == 4 and cache.misses == 1
+
+
+def test_checksum_reads_within_the_window_skip_the_index_and_a_delete_ends_it(
+    sql_url: str,  # noqa: F811
+) -> None:
+    async def body(reader: CachedReader, writer: object, _other: object) -> None:
+        gun = "example.com/by-sum"
+        reader.checksum_window = 0.3
+        await _publish(writer, gun, NewFile("targets", 1, _file("targets", 1, gun)))
+        digest = hashlib.sha256(_file("targets", 1, gun)).hexdigest()
+        first = await reader.get_checksum(gun, "targets", digest)
+        assert first is not None
+        before = reader.queries
+        for _ in range(5):
+            again = await reader.get_checksum(gun, "targets", digest)
+            assert again is not None and again.data == first.data
+        assert reader.queries == before, "a file found by checksum is served from memory"
+        # A publish changes nothing about that answer: the file is still stored.
+        await _publish(writer, gun, NewFile("targets", 2, _file("targets", 2, gun)))
+        assert await reader.get_checksum(gun, "targets", digest) is not None
+        # Deleted through another instance: gone once the window has passed.
+        assert await writer.delete(gun)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.35)
+        assert await reader.get_checksum(gun, "targets", digest) is None
+        assert reader.queries > before
+        # This instance's own delete forgets at once.
+        await _publish(writer, gun, NewFile("targets", 1, _file("targets", 1, gun)))
+        assert await reader.get_checksum(gun, "targets", digest) is not None
+        reader.forget(gun)
+        assert await writer.delete(gun)  # type: ignore[attr-defined]
+        assert await reader.get_checksum(gun, "targets", digest) is None
+        # Another GUN's file with the same bytes is not borrowed.
+        assert await reader.get_checksum("example.com/other", "targets", digest) is None
+
+    _run(sql_url, body)

@@ -346,6 +346,8 @@ class TrustService:
 
     async def delete(self, gun: str) -> None:
         await self.store.delete(gun)
+        if isinstance(self.reader, CachedReader):
+            self.reader.forget(gun)
 
 
 __all__ = [

@@ -19,12 +19,23 @@ from a cache keyed by their SHA-256:
 
 Misses (bytes not cached yet) are read with the store's own single-file
 look-up, whose answer is just as fresh, and then cached.
+
+One exception to "a query per request", and only for GETs by checksum: a
+file found by its checksum is served again for ``checksum_window`` seconds
+(1 s) without asking the index. Such a file never changes, and no publish
+ever removes it (history is kept), so no publish can make that answer stale;
+only deleting the whole GUN can, and then other instances may serve its old
+files by checksum for up to that second (the deleting instance forgets them
+at once; notary-server serves them from memory forever). Current metadata and
+GETs by version are never served without a query: a deleted and recreated
+GUN may hold other bytes under the same version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar, cast
@@ -45,6 +56,10 @@ K = TypeVar("K", bound=Hashable)
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 #: Default number of index queries in flight at once (pooled connections they hold).
 DEFAULT_MAX_INFLIGHT = 4
+#: Seconds a file found by checksum is served again without a look-up (see below).
+CHECKSUM_WINDOW = 1.0
+#: Most (GUN, role, checksum) answers remembered for that.
+MAX_SEEN = 65536
 #: Most look-ups in one statement (bind-parameter limits: SQLite allows 32,766).
 MAX_BATCH = 500
 
@@ -146,12 +161,16 @@ class CachedReader:
         *,
         cache: ByteCache | None = None,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        checksum_window: float = CHECKSUM_WINDOW,
     ) -> None:
         self._store = store
         self.cache = cache or ByteCache()
         self._current: _Batcher[CurrentKey] = _Batcher(index.describe_current, max_inflight)
         self._versions: _Batcher[VersionKey] = _Batcher(index.describe_versions, max_inflight)
         self._checksums: _Batcher[ChecksumKey] = _Batcher(index.describe_checksums, max_inflight)
+        #: Seconds a file found by checksum is served without asking the index again.
+        self.checksum_window = checksum_window
+        self._seen: dict[ChecksumKey, tuple[FileRef, float]] = {}
 
     @property
     def queries(self) -> int:
@@ -167,8 +186,32 @@ class CachedReader:
         return None if ref is None else await self._file(ref)
 
     async def get_checksum(self, gun: str, role: str, sha256: str) -> StoredFile | None:
-        ref = await self._checksums.lookup((gun, role, sha256))
-        return None if ref is None else await self._file(ref)
+        key = (gun, role, sha256)
+        seen = self._seen.get(key)
+        if seen is not None and seen[1] > time.monotonic():
+            data = self.cache.get(sha256)
+            if data is not None:
+                return _stored(seen[0], data)
+        ref = await self._checksums.lookup(key)
+        if ref is None:
+            self._seen.pop(key, None)
+            return None
+        found = await self._file(ref)
+        if found is not None and self.checksum_window > 0:
+            self._see(key, ref)
+        return found
+
+    def forget(self, gun: str) -> None:
+        """Drop what this process remembers of ``gun``'s files (it deleted the GUN)."""
+        self._seen = {k: v for k, v in self._seen.items() if k[0] != gun}
+
+    def _see(self, key: ChecksumKey, ref: FileRef) -> None:
+        now = time.monotonic()
+        if len(self._seen) >= MAX_SEEN:
+            self._seen = {k: v for k, v in self._seen.items() if v[1] > now}
+            if len(self._seen) >= MAX_SEEN:
+                self._seen.clear()
+        self._seen[key] = (ref, now + self.checksum_window)
 
     def remember(self, files: Sequence[StoredFile]) -> None:
         """Cache the bytes of files this process just stored (their first GETs then hit)."""
