@@ -265,7 +265,9 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 def notary_config(port: int, db_url: str | None) -> dict[str, Any]:
     storage: dict[str, str] = {"backend": "memory"}
-    if db_url is not None:
+    if db_url is not None and db_url.startswith("sqlite:"):
+        storage = {"backend": "sqlite3", "db_url": db_url.removeprefix("sqlite:")}
+    elif db_url is not None:
         storage = {"backend": "postgres", "db_url": db_url}
     return {
         "server": {"http_addr": f"127.0.0.1:{port}"},
@@ -315,9 +317,11 @@ class Server:
             if self.workers > 1 and self.db_url:
                 # notary's trust_service "local" means in-memory keys, which workers cannot
                 # share: keep the keys (ed25519, as notary's) encrypted in the same database.
+                # (On SQLite: their own file in the data dir, vouch's default.)
                 env["VOUCH_KEYS__TYPE"] = "local"
-                env["VOUCH_KEYS__URL"] = self.db_url
                 env["VOUCH_KEYS__KEY_ALGORITHM"] = "ed25519"
+                if not self.db_url.startswith("sqlite:"):
+                    env["VOUCH_KEYS__URL"] = self.db_url
         last = ""
         for _attempt in range(5):
             self.port = free_port()
@@ -896,7 +900,12 @@ def run_backend(backend: str, plan: Plan, tmp: Path) -> tuple[list[Row], str | N
         if backend == "postgres":
             pg_version = asyncio.run(_pg("postgres"))
             urls.update(stack.enter_context(pg_databases("vouch", "notary")))
-        workers = plan.workers if backend == "postgres" else 1
+        if backend == "sqlite":
+            # vouch's embedded default against notary-server's own in-memory storage
+            # (notary-server cannot create a SQLite schema itself).
+            urls["vouch"] = f"sqlite:{tmp / backend / 'vouch-db' / 'vouch.db'}"
+            (tmp / backend / "vouch-db").mkdir(parents=True)
+        workers = plan.workers if backend != "memory" else 1
         servers = {
             "vouch": Server("vouch", tmp / backend / "vouch", urls["vouch"], workers),
             "notary": Server("notary-server", tmp / backend / "notary", urls["notary"]),
@@ -975,7 +984,12 @@ def table(all_rows: dict[str, list[Row]], max_noise: float) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", choices=["memory", "postgres", "all"], default="all")
+    parser.add_argument(
+        "--backend",
+        choices=["memory", "sqlite", "postgres", "all"],
+        default="all",
+        help="sqlite: vouch on SQLite (its embedded default) against notary-server on memory",
+    )
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
     parser.add_argument(
         "--rounds",
@@ -1040,7 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
         max_noise=args.max_noise,
         retries=max(0, args.retries),
     )
-    backends = ["memory", "postgres"] if args.backend == "all" else [args.backend]
+    backends = ["memory", "sqlite", "postgres"] if args.backend == "all" else [args.backend]
     loaddesc = (
         f"wrk {_dpkg_version('wrk')}, {plan.connections} connections for GETs, "
         f"{plan.publishers} for publishes"

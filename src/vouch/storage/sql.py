@@ -18,10 +18,13 @@ saves BEGIN/COMMIT round trips. Schema and migrations: :mod:`.migrations`.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -172,6 +175,7 @@ class SQLStore:
         self._engine = _make_engine(target, pool_size, max_overflow, pre_ping)
         self._gun_locks = KeyedLocks()
         self._db_lock = asyncio.Lock()  # SQLite: one writer per process at a time
+        self._writer_lock_fd: int | None = None  # SQLite: writers of all processes, in turn
         self._ensure_repo = _insert_if_absent(target.dialect)
 
     @property
@@ -301,7 +305,7 @@ class SQLStore:
         """
         sqlite = self._dialect == "sqlite"
         local = self._db_lock if sqlite else self._gun_locks.hold(gun)
-        async with local, self._engine.connect() as conn:
+        async with local, self._writer_turn(), self._engine.connect() as conn:
             async with self._errors():
                 if sqlite:
                     await conn.execution_options(**{_IMMEDIATE: True})
@@ -311,6 +315,43 @@ class SQLStore:
                     await conn.execution_options(isolation_level="READ COMMITTED")
                     await self._lock_row(conn, gun)
             yield conn
+
+    @asynccontextmanager
+    async def _writer_turn(self) -> AsyncIterator[None]:
+        """SQLite file databases: wait for other processes' writers on a file lock.
+
+        ``BEGIN IMMEDIATE`` alone makes a second process poll with SQLite's busy
+        handler, which sleeps longer and longer between tries (one writer process
+        can keep the others waiting for seconds under load). The kernel wakes a
+        process waiting on ``flock`` the moment the lock is free. Other backends,
+        and SQLite in memory, need nothing here.
+        """
+        fd = self._lock_fd()
+        if fd is None:
+            yield
+            return
+        acquiring = asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
+        try:
+            await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            # The thread still gets the lock later: give it back then.
+            acquiring.add_done_callback(partial(_release_if_taken, fd))
+            raise
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_fd(self) -> int | None:
+        if self._dialect != "sqlite":
+            return None
+        if self._writer_lock_fd is None:
+            database = self._target.url.database
+            if not database or database == ":memory:" or database.startswith("file:"):
+                return None
+            path = f"{database}-vouch-writer.lock"
+            self._writer_lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return self._writer_lock_fd
 
     async def _lock_row(self, conn: AsyncConnection, gun: str) -> None:
         """Begin a transaction holding the GUN row's lock, creating the row if missing.
@@ -376,6 +417,9 @@ class SQLStore:
 
     async def close(self) -> None:
         await self._engine.dispose()
+        if self._writer_lock_fd is not None:
+            os.close(self._writer_lock_fd)
+            self._writer_lock_fd = None
 
 
 async def open_store(url: str, *, create: bool = True) -> MetadataStore:
@@ -474,6 +518,11 @@ async def _add_change(
             gun=gun, version=version, sha256=sha256, category=category, created_at=now
         )
     )
+
+
+def _release_if_taken(fd: int, acquiring: asyncio.Future[None]) -> None:
+    if not acquiring.cancelled() and acquiring.exception() is None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _ref(row: _AnyRow) -> FileRef:
