@@ -645,7 +645,13 @@ class CouchStore:
         one above the highest id in the database.
         """
         async with self._alloc_lock:
-            n = self._next_id(self._last_change or await self._last_change_id())
+            # Several regions: other regions' records arrive by replication, so
+            # the local cache is not the newest id; the database says which is.
+            multi = self._stride > 1
+            last = self._last_change
+            n = self._next_id(
+                max(last, await self._last_change_id()) if multi or not last else last
+            )
             for _ in range(_ALLOC_ATTEMPTS):
                 if n > _CHANGE_MAX:
                     break
