@@ -47,6 +47,7 @@ import hashlib
 import logging
 import random
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -102,6 +103,8 @@ _NUM_MAX = 10**19 - 1
 #: Largest change id a JavaScript view key can hold exactly.
 _CHANGE_MAX = 2**53 - 1
 _OCTETS = "application/octet-stream"
+#: Bytes of file contents the store keeps in memory (attachments of named revisions).
+_CACHE_BYTES = 32 * 1024 * 1024
 
 _FILES_MAP = """function (doc) {
   if (doc.kind !== 'batch' || !doc.files) { return; }
@@ -224,6 +227,30 @@ class _Rec:
         return Change(self.n, self.at, self.gun, self.version, self.sha256, self.category)
 
 
+class _FileCache:
+    """A small LRU of immutable attachment bytes, bounded by total size."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._size = 0
+        self._items: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+
+    def get(self, key: tuple[str, str, str]) -> bytes | None:
+        data = self._items.get(key)
+        if data is not None:
+            self._items.move_to_end(key)
+        return data
+
+    def put(self, key: tuple[str, str, str], data: bytes) -> None:
+        if len(data) > self._limit // 8 or key in self._items:
+            return
+        self._items[key] = data
+        self._size += len(data)
+        while self._size > self._limit:
+            _, old = self._items.popitem(last=False)
+            self._size -= len(old)
+
+
 class _Verdict(Enum):
     VALID = "valid"  # its batch names it
     VOID = "void"  # its publisher lost (or a fence won)
@@ -259,6 +286,7 @@ class CouchStore:
         self._stride = max(len(target.regions), 1)
         self._slot = target.regions.index(target.region) if target.regions else 0
         self._forks = couchresolve.ForkResolver(self)
+        self._files = _FileCache(_CACHE_BYTES)
 
     @property
     def target(self) -> CouchTarget:
@@ -554,7 +582,17 @@ class CouchStore:
         return RepoState(gun, {f.role: f for f in files})
 
     async def _fetch(self, gun: str, gh: str, entry: _Entry) -> StoredFile:
-        """A file's bytes (its batch's attachment), checked against the recorded hash."""
+        """A file's bytes (its batch's attachment), checked against the recorded hash.
+
+        An attachment of a named revision never changes, so those are cached: a
+        GET of a current file then costs one database request (the head).
+        """
+        key = (_bid(gh, entry.seq), entry.rev or "", entry.att)
+        data = self._files.get(key) if entry.rev else None
+        if data is not None and hashlib.sha256(data).hexdigest() == entry.sha256:
+            return StoredFile(
+                gun, entry.role, entry.version, data, entry.sha256, entry.at, entry.at
+            )
         try:
             resp = await self._db.request(
                 "GET",
@@ -569,6 +607,8 @@ class CouchStore:
             raise StorageError(
                 f"couchdb: {gun!r} {entry.role} v{entry.version} does not match its SHA-256"
             )
+        if entry.rev:
+            self._files.put(key, data)
         return StoredFile(gun, entry.role, entry.version, data, entry.sha256, entry.at, entry.at)
 
     async def _file_rows(self, key: list[str]) -> list[tuple[str, _Entry]]:
