@@ -16,7 +16,8 @@ region signs publishes in the other.
   must verify and be one of the histories a region accepted, never a mix. The
   regions converge on one winner (equal versions: the publish accepted first),
   the losing region's next ``notary publish`` fails naming the conflict, and the
-  publisher re-stages and publishes on top; both regions then serve all of it.
+  publisher re-stages and publishes on top; both regions then serve all of it,
+  and each region's changefeed lists exactly the served history's timestamps.
 
 PouchDB Server must be installed (.ci/run does); the notary CLI too. Missing
 either FAILS the tests.
@@ -25,6 +26,8 @@ either FAILS the tests.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import secrets
 import shutil
 import threading
@@ -37,7 +40,7 @@ import pytest
 
 import couchdb_harness as ch
 from couchdb_harness import PouchDBServer
-from notary_harness import NotaryCLI, NotaryCommandError, require_notary_binaries
+from notary_harness import NotaryCLI, NotaryCommandError, fetch, require_notary_binaries
 from vouch.client.remote import Remote
 from vouch.client.repository import Repository
 from vouch.tuf.errors import TrustError
@@ -173,6 +176,17 @@ def test_a_tag_published_in_one_region_is_served_verified_in_the_other(
     _wait("the second tag to reach region A", lambda: _listed(cli_a) == {"v1.0", "v1.1"})
 
 
+def _check_feed(url: str) -> None:
+    feed = json.loads(fetch(f"{url}/v2/{GUN}/_trust/changefeed?change_id=0&records=1000"))
+    versions = [int(r["Version"]) for r in feed["records"]]
+    assert versions == sorted(versions), versions
+    current = json.loads(fetch(f"{url}/v2/{GUN}/_trust/tuf/timestamp.json"))
+    assert versions[-1] == current["signed"]["version"], (versions, url)
+    for r in feed["records"]:
+        data = fetch(f"{url}/v2/{GUN}/_trust/tuf/{r['Version']}.timestamp.json")
+        assert hashlib.sha256(data).hexdigest() == r["SHA256"], (r, url)
+
+
 class Poller(threading.Thread):
     """One client, one trust cache, alternately asking both regions; verifies every answer."""
 
@@ -281,6 +295,9 @@ def test_concurrent_publishes_in_both_regions_converge_on_one_verified_history(
         {"base", "from-a", "from-b", "from-b-2"},
         {"base", "from-a", "from-b", "from-b-2", "from-a-2"},
     ]
+    # The changefeed of each region lists only timestamps of the served history.
+    for region in (a, b):
+        _check_feed(region.vouch.url)
     seen = [set(names) for _, names in poller.answers]
     assert all(s in accepted for s in seen), [s for s in seen if s not in accepted]
     assert {"base", "from-b"} in seen, "the poller never saw region B's branch"

@@ -312,20 +312,26 @@ class CouchStore:
             return None
         gh = _hash(gun)
         key = ["v", gh, _hash(role), f"{version:019d}"]
-        head, rows = await asyncio.gather(self._read_head(gun, gh), self._file_rows(key))
-        return await self._pick(
-            gun=gun, gh=gh, role=role, head=head, rows=rows, match=lambda e: e.version == version
-        )
+        return await self._lookup(gun, gh, role, key, lambda e: e.version == version)
 
     async def get_checksum(self, gun: str, role: str, sha256: str) -> StoredFile | None:
         if not is_sha256_hex(sha256):
             return None
         gh = _hash(gun)
         key = ["s", gh, _hash(role), sha256]
-        head, rows = await asyncio.gather(self._read_head(gun, gh), self._file_rows(key))
-        return await self._pick(
-            gun=gun, gh=gh, role=role, head=head, rows=rows, match=lambda e: e.sha256 == sha256
-        )
+        return await self._lookup(gun, gh, role, key, lambda e: e.sha256 == sha256)
+
+    async def _lookup(
+        self, gun: str, gh: str, role: str, key: list[str], match: Callable[[_Entry], bool]
+    ) -> StoredFile | None:
+        """A by-version or by-hash read: the head first (clients mostly ask for current
+        files, then the view is not needed), else the view of every stored file."""
+        head = await self._read_head(gun, gh)
+        if head is None:
+            return None
+        current = head.current.get(role)
+        rows = [] if current is not None and match(current) else await self._file_rows(key)
+        return await self._pick(gun=gun, gh=gh, role=role, head=head, rows=rows, match=match)
 
     async def get_state(self, gun: str) -> RepoState:
         gh = _hash(gun)
@@ -356,6 +362,8 @@ class CouchStore:
         check_name("GUN", gun)
         gh = _hash(gun)
         async with self._locks.hold(gun):  # publishers in this process queue here
+            # Settle forks first (one view query when there are none), so a publisher
+            # whose earlier publish was discarded is told now, not one publish later.
             await self._forks.settle(gun, gh)
             for attempt in range(_ATTEMPTS):
                 head = await self._head(gun, gh, conflicts=True)
