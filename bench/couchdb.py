@@ -176,9 +176,18 @@ def run(plan: srv.Plan, tmp: Path, couch_url: str | None) -> tuple[list[Row], st
             for r in range(plan.rounds):
                 order = list(KINDS[r % 3 :] + KINDS[: r % 3])  # rotate who goes first
                 for k in order:
-                    res = srv.measure(
-                        servers[k], loads[k][n], plan, tmp, [*servers.values(), database]
-                    )
+                    try:
+                        res = srv.measure(
+                            servers[k], loads[k][n], plan, tmp, [*servers.values(), database]
+                        )
+                    except RuntimeError:
+                        for name, server in servers.items():
+                            alive = server.proc is not None and server.proc.poll() is None
+                            print(f"--- {name} ({'running' if alive else 'EXITED'}) log tail:")
+                            print(server.log()[-2000:])
+                        if couch_proc is not None:
+                            print(f"--- pouchdb-server exit code: {couch_proc.poll()}")
+                        raise
                     results[k].append(res)
                     print(
                         f"round {r + 1}  {load.label:<40} {k:<16} {res.rate:>9,.0f}/s  "

@@ -543,6 +543,8 @@ def test_url_forms() -> None:
     )
     t = parse_couch_url("https://proxy.example/couch/team%2Fvouch", environ={})
     assert (t.server, t.database, t.auth) == ("https://proxy.example/couch/", "team/vouch", "none")
+    t = parse_couch_url("couchdb://h/d?region=us&regions=eu,us&resolve_every=0.5", environ={})
+    assert (t.region, t.regions, t.resolve_every) == ("us", ("eu", "us"), 0.5)
     t = parse_couch_url("http://[::1]:5984/x", environ={})
     assert t.server == "http://[::1]:5984/"
     assert is_couch_url("couchdb://h/d")
@@ -559,6 +561,14 @@ def test_url_forms() -> None:
         ("couchdbs://h/d?key=/k.pem", "needs cert"),
         ("couchdb://h/d?timeout=soon", "timeout"),
         ("couchdb:///d", "couchdb"),
+        ("couchdb://h/d?region=eu", "go together"),
+        ("couchdb://h/d?regions=eu,us", "go together"),
+        ("couchdb://h/d?region=ap&regions=eu,us", "not in regions"),
+        ("couchdb://h/d?region=eu&regions=eu,eu", "twice"),
+        ("couchdb://h/d?region=EU&regions=EU,us", "region names"),
+        ("couchdb://h/d?region=eu&regions=eu,,us", "region names"),
+        ("couchdb://h/d?resolve_every=0", "resolve_every"),
+        ("couchdb://h/d?resolve_every=often", "resolve_every"),
     ]:
         with pytest.raises(ValueError, match=match):
             parse_couch_url(bad, environ={})

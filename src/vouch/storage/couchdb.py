@@ -401,13 +401,17 @@ class CouchStore:
                     region=self.region,
                 )
                 try:
-                    await self._create(_bid(gh, seq), doc, "publish")
+                    rev = await self._create(_bid(gh, seq), doc, "publish")
                 except CouchConflictError:
                     # Another publisher (or a delete, or a fence) took this seq first.
                     if change_id is not None:
                         await self._void(change_id)
                     await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))  # noqa: S311
                     continue
+                if rev:  # the next publish or GET of these files needs no attachment read
+                    for role, f in doc["files"].items():
+                        data = next(s.data for s in stored if s.role == role)
+                        self._files.put((_bid(gh, seq), rev, f["att"]), data)
                 return stored
         raise StorageError(
             f"couchdb: publishing to {gun!r} lost {_ATTEMPTS} races in a row; try again"
