@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -64,6 +65,11 @@ def _converge(a: str, b: str) -> None:
     _replicate(b, a)
 
 
+def _conflicts(db: str) -> list[Any]:
+    rows: list[Any] = ch.couch("GET", f"/{db}/_design/vouch/_view/conflicts").json()["rows"]
+    return rows
+
+
 async def _tags(store: CouchStore) -> set[str]:
     """The tags of the served state's files: one history means one tag."""
     state = await store.get_state(G)
@@ -83,6 +89,7 @@ def test_the_higher_timestamp_version_wins_and_the_loser_is_told(regions: tuple[
             await b.update(G, _bump("b"))
             await b.update(G, _bump("b"))
             _converge(db_a, db_b)
+            assert _conflicts(db_a) and _conflicts(db_b)
 
             # Before anything resolves, each region serves one whole history.
             for store in (a, b):
@@ -116,9 +123,7 @@ def test_the_higher_timestamp_version_wins_and_the_loser_is_told(regions: tuple[
                     ts = await store.get_version(G, "timestamp", c.version)
                     assert ts is not None and ts.sha256 == c.sha256, c
             # No conflicting revisions are left in either region.
-            for db in regions:
-                rows = ch.couch("GET", f"/{db}/_design/vouch/_view/conflicts").json()["rows"]
-                assert rows == []
+            assert _conflicts(db_a) == _conflicts(db_b) == []
         finally:
             await a.close()
             await b.close()
@@ -145,6 +150,41 @@ def test_equal_versions_the_publish_accepted_first_wins(regions: tuple[str, str]
             await b.update(G, _bump("b3"))  # the winner's region publishes on
             with pytest.raises(UpdateError, match=r"discarded: .*region a"):
                 await a.update(G, _bump("a4"))
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_a_deletion_in_one_region_beats_a_concurrent_publish(regions: tuple[str, str]) -> None:
+    db_a, db_b = regions
+
+    async def main() -> None:
+        a, b = await _open(db_a, "a"), await _open(db_b, "b")
+        try:
+            await a.update(G, _bump("base"))
+            _converge(db_a, db_b)
+            assert await a.delete(G)
+            await b.update(G, _bump("b"))
+            _converge(db_a, db_b)
+            assert _conflicts(db_a), "no fork: the test would test nothing"
+            for store in (a, b):  # each read resolves or sees the resolution
+                assert (await store.get_state(G)).current == {}
+                assert await store.get_version(G, "targets", 2) is None
+                _converge(db_a, db_b)
+            with pytest.raises(UpdateError, match="discarded"):
+                await b.update(G, _bump("b2"))
+            stored = await b.update(G, _bump("again"))  # the GUN starts afresh
+            assert {f.version for f in stored} == {1}
+            _converge(db_a, db_b)
+            assert await _tags(a) == {"again"}
+            feed = await a.changes(G, 0, 100)
+            assert [(c.category, c.version) for c in feed] == [
+                ("update", 1),
+                ("deletion", 0),
+                ("update", 1),
+            ]
         finally:
             await a.close()
             await b.close()
