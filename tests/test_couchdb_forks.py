@@ -192,6 +192,45 @@ def test_a_deletion_in_one_region_beats_a_concurrent_publish(regions: tuple[str,
     asyncio.run(main())
 
 
+def test_both_regions_resolving_the_same_fork_at_once_converge(
+    regions: tuple[str, str],
+) -> None:
+    """Both regions resolve before they see each other's resolution: their resolution
+    batches and their stubs of the discarded batch conflict in turn, and settle."""
+    db_a, db_b = regions
+
+    async def main() -> None:
+        a, b = await _open(db_a, "a"), await _open(db_b, "b")
+        try:
+            await a.update(G, _bump("base"))
+            _converge(db_a, db_b)
+            assert await a.delete(G)
+            await b.update(G, _bump("b"))
+            await b.update(G, _bump("b"))  # b:3 exists only in the losing history
+            _converge(db_a, db_b)
+            assert await a._forks.scan() == 1
+            assert await b._forks.scan() == 1
+            _converge(db_a, db_b)
+            assert _conflicts(db_a), "the two resolutions did not conflict"
+            await a._forks.scan()
+            _converge(db_a, db_b)
+            await b._forks.scan()
+            _converge(db_a, db_b)
+            assert _conflicts(db_a) == _conflicts(db_b) == []
+            for store in (a, b):
+                assert (await store.get_state(G)).current == {}
+            with pytest.raises(UpdateError, match="discarded"):
+                await b.update(G, _bump("b4"))
+            await b.update(G, _bump("again"))
+            _converge(db_a, db_b)
+            assert await _tags(a) == await _tags(b) == {"again"}
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
 def test_change_ids_are_striped_per_region(regions: tuple[str, str]) -> None:
     db_a, db_b = regions
 

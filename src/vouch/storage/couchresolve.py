@@ -48,6 +48,7 @@ log = logging.getLogger("vouch.storage.couchdb")
 #: Resolution rounds per call (each round settles one layer of concurrent resolutions).
 _ROUNDS = 8
 _LIVE = ("batch", "tombstone")
+_BASE_PAGE = 20
 
 
 class ForkResolver:
@@ -149,6 +150,8 @@ class ForkResolver:
         nodes = [
             Node.from_doc(d) for docs in leaves.values() for d in docs if d.get("kind") in _LIVE
         ]
+        if not nodes:  # only stubs were in conflict (collapsed above)
+            return True
         decision = decide(nodes, base.get("uid") if base else None)
         if decision is None:
             log.error(
@@ -261,23 +264,35 @@ class ForkResolver:
     # -- plumbing -----------------------------------------------------------------------
 
     async def _below(self, gh: str, low: int) -> dict[str, Any] | None:
-        if low <= 1:
-            return None
+        """The newest batch below ``low`` that is not discarded: the common base.
+
+        Stubs of discarded batches (``lost``) sit between a resolution's parent and
+        the resolution itself, so they are skipped; a deletion's ``dead`` stubs keep
+        the ``uid`` of the batch they replaced and count.
+        """
         db = self._s._db
-        body = await db.get_json(
-            f"{db.db_path}/_all_docs",
-            "read fork base",
-            params=jparams(
-                startkey=cdb._bid(gh, low - 1),
-                endkey=cdb._bid(gh, 0),
-                descending=True,
-                limit=1,
-                include_docs=True,
-            ),
-        )
-        rows = body.get("rows") or []
-        doc: dict[str, Any] | None = rows[0].get("doc") if rows else None
-        return doc
+        start = low - 1
+        while start >= 1:
+            body = await db.get_json(
+                f"{db.db_path}/_all_docs",
+                "read fork base",
+                params=jparams(
+                    startkey=cdb._bid(gh, start),
+                    endkey=cdb._bid(gh, 0),
+                    descending=True,
+                    limit=_BASE_PAGE,
+                    include_docs=True,
+                ),
+            )
+            rows = [r["doc"] for r in body.get("rows") or [] if r.get("doc")]
+            for doc in rows:
+                if doc.get("kind") != "lost":  # a live batch, or a deletion's stub of one
+                    found: dict[str, Any] = doc
+                    return found
+            if len(rows) < _BASE_PAGE:
+                return None
+            start = int(rows[-1]["seq"]) - 1
+        return None
 
     async def _leaves(self, doc_id: str) -> list[dict[str, Any]]:
         """Every live (not deleted) leaf revision of a document."""
