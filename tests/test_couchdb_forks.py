@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import couchdb_harness as ch
-from vouch.storage import NewFile, RepoState
+from vouch.storage import NewFile, RepoState, StorageError
 from vouch.storage.couchdb import CouchStore, open_couch_store
 from vouch.storage.couchfork import Node, decide
 from vouch.tuf.publish import UpdateError
@@ -192,11 +192,13 @@ def test_a_deletion_in_one_region_beats_a_concurrent_publish(regions: tuple[str,
     asyncio.run(main())
 
 
-def test_both_regions_resolving_the_same_fork_at_once_converge(
+def test_only_the_arbiter_resolves_and_other_regions_wait_for_it(
     regions: tuple[str, str],
 ) -> None:
-    """Both regions resolve before they see each other's resolution: their resolution
-    batches and their stubs of the discarded batch conflict in turn, and settle."""
+    """Region b (not first in regions=) never resolves: two regions deciding from
+    different partial views could each discard the other's history. Until region a's
+    decision arrives, b serves one consistent history and refuses publishes of the
+    forked GUN, saying why; then it delivers a's notice."""
     db_a, db_b = regions
 
     async def main() -> None:
@@ -208,13 +210,14 @@ def test_both_regions_resolving_the_same_fork_at_once_converge(
             await b.update(G, _bump("b"))
             await b.update(G, _bump("b"))  # b:3 exists only in the losing history
             _converge(db_a, db_b)
+            assert _conflicts(db_b)
+            assert await b._forks.scan() == 0
+            assert await _tags(b) == {"b"}  # one whole history meanwhile
+            with pytest.raises(UpdateError, match="not reached this region"):
+                await b.update(G, _bump("refused"))
+            with pytest.raises(StorageError, match="not deleted"):
+                await b.delete(G)
             assert await a._forks.scan() == 1
-            assert await b._forks.scan() == 1
-            _converge(db_a, db_b)
-            assert _conflicts(db_a), "the two resolutions did not conflict"
-            await a._forks.scan()
-            _converge(db_a, db_b)
-            await b._forks.scan()
             _converge(db_a, db_b)
             assert _conflicts(db_a) == _conflicts(db_b) == []
             for store in (a, b):
@@ -256,17 +259,25 @@ def test_background_scan_resolves_without_a_publish(regions: tuple[str, str]) ->
 
     async def main() -> None:
         a, b = await _open(db_a, "a"), await _open(db_b, "b")
+        scanning = await open_couch_store(
+            f"{ch.store_url(db_a)}?region=a&regions=a,b&resolve_every=0.2"
+        )
         try:
             await a.update(G, _bump("base"))
             _converge(db_a, db_b)
             await a.update(G, _bump("a"))
             await b.update(G, _bump("b"))
             _converge(db_a, db_b)
-            assert await b._forks.scan() == 1
+            assert _conflicts(db_a)
+            for _ in range(100):  # the arbiter's background scan, no publish or read
+                if not _conflicts(db_a):
+                    break
+                await asyncio.sleep(0.1)
+            assert _conflicts(db_a) == []
             _converge(db_a, db_b)
-            assert await a._forks.scan() == 0  # the resolution replicated: nothing left
-            assert await _tags(a) == await _tags(b)
+            assert await _tags(a) == await _tags(b) == {"a"}
         finally:
+            await scanning.close()
             await a.close()
             await b.close()
 

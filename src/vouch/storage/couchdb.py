@@ -367,9 +367,11 @@ class CouchStore:
             await self._forks.settle(gun, gh)
             for attempt in range(_ATTEMPTS):
                 head = await self._head(gun, gh, conflicts=True)
-                if head is not None and head.conflicts:
+                if head is not None and head.conflicts and self._forks.arbiter:
                     await self._forks.settle(gun, gh)
                     continue
+                # (Elsewhere a publish builds on CouchDB's pick; if the arbiter later
+                # discards that history, this region's next publisher is told.)
                 await self._deliver_notices(gun, gh, head)
                 try:
                     state = await self._state(gun, gh, head)
@@ -422,12 +424,15 @@ class CouchStore:
             return False
         gh = _hash(gun)
         async with self._locks.hold(gun):
-            await self._forks.settle(gun, gh)
+            try:
+                await self._forks.settle(gun, gh)
+            except UpdateError as e:  # a fork the arbiter region has not resolved yet
+                raise StorageError(f"couchdb: not deleted: {e.msg}") from None
             for attempt in range(_ATTEMPTS):
                 head = await self._head(gun, gh, conflicts=True)
                 if head is None:
                     return False
-                if head.conflicts:
+                if head.conflicts and self._forks.arbiter:
                     await self._forks.settle(gun, gh)
                     continue
                 if not head.current:
@@ -523,7 +528,7 @@ class CouchStore:
         revisions, so the head's state is one history.
         """
         head = await self._head(gun, gh, conflicts=True)
-        if head is None or not head.conflicts:
+        if head is None or not head.conflicts or not self._forks.arbiter:
             return head
         try:
             async with self._locks.hold(gun):
@@ -979,7 +984,7 @@ async def open_couch_store(
             await store.bootstrap()
         else:
             await store.check_schema()
-        if store.target.regions:
+        if store.target.regions and store._forks.arbiter:
             store._forks.start(store.target.resolve_every)
     except BaseException:
         await store.close()

@@ -21,10 +21,13 @@ later publishes need one history. The resolver:
    ``lost`` stub (the id stays taken, so no stale publisher can re-create it),
    and the losers' change records are voided.
 
-Both regions may resolve the same fork at once; their resolution batches
-conflict in turn and the next round keeps one (same rule, the longer path of
-the winning branch, then the lowest uid). Each step is idempotent, so a
-crash in the middle is finished by the next scan or publish.
+Only the arbiter region (the first of ``regions``) resolves: regions deciding
+from different partial views could each discard the other's history. Other
+regions refuse publishes of a GUN with a visible fork until the decision has
+replicated to them. Several arbiter instances may still resolve at once; their
+resolution batches conflict in turn and the next round keeps one (same rule,
+the longer path of the winning branch, then the lowest uid). Each step is
+idempotent, so a crash in the middle is finished by the next scan or publish.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from vouch.storage import couchdb as cdb
 from vouch.storage.couchfork import Node, decide, describe
 from vouch.storage.couchhttp import CouchConflictError, CouchNotFoundError, jparams
 from vouch.storage.memory import utcnow
+from vouch.tuf.publish import UpdateError
 
 if TYPE_CHECKING:
     from vouch.storage.couchdb import CouchStore
@@ -57,6 +61,13 @@ class ForkResolver:
     def __init__(self, store: CouchStore) -> None:
         self._s = store
         self._task: asyncio.Task[None] | None = None
+        regions = store.target.regions
+        #: Only the first region of ``regions`` (the arbiter) resolves forks. Two
+        #: regions deciding from different partial views (replication under way)
+        #: could each discard the other's history and leave nothing valid; one
+        #: decider never contradicts itself. Other regions serve a consistent head
+        #: meanwhile and get the decision (and notices) by replication.
+        self.arbiter = not regions or store.target.region == regions[0]
 
     # -- background scan (multi-region) -------------------------------------------------
 
@@ -82,6 +93,8 @@ class ForkResolver:
 
     async def scan(self) -> int:
         """Resolve every GUN with conflicting revisions; returns how many were seen."""
+        if not self.arbiter:
+            return 0
         db = self._s._db
         body = await db.get_json(
             f"{db.db_path}/_design/vouch/_view/conflicts",
@@ -97,7 +110,23 @@ class ForkResolver:
     # -- one GUN ------------------------------------------------------------------------
 
     async def settle(self, gun: str, gh: str) -> None:
-        """Resolve the GUN's forks, if any (the caller holds the GUN's lock)."""
+        """Resolve the GUN's forks, if any (the caller holds the GUN's lock).
+
+        Outside the arbiter region, refuse a publish while the GUN has an
+        unresolved fork here: it would build on a history the arbiter may
+        discard. The refusal names the conflict; the publisher retries once the
+        arbiter's decision has replicated (usually seconds).
+        """
+        if not self.arbiter:
+            if await self._conflicts(gh):
+                raise UpdateError(
+                    "ErrValidation",
+                    f"conflict: {gun} was published in two regions before they converged; "
+                    f"region {self._s.target.regions[0]} decides which history is kept and "
+                    "its decision has not reached this region yet. Nothing was published: "
+                    "retry in a few seconds.",
+                )
+            return
         for _ in range(_ROUNDS):
             rows = await self._conflicts(gh)
             if not rows:
@@ -154,8 +183,9 @@ class ForkResolver:
             return True
         decision = decide(nodes, base.get("uid") if base else None)
         if decision is None:
-            log.error(
-                "the forked history of %r has no valid path from batch %d; left for an operator",
+            log.warning(
+                "the forked history of %r has no valid path from batch %d yet (replication "
+                "under way?); if it persists, an operator must resolve it",
                 gun,
                 low - 1,
             )
