@@ -5,7 +5,7 @@ too; this file checks the ways CouchDB's single-document atomicity is turned int
 atomic publishes: one batch document per accepted update and nothing left by losers,
 change records that only count once their batch names them (pending ones hold the
 feed back, stuck ones are fenced), tombstones whose stubs stop stale publishers, and
-refusal to publish on a forked (conflicting) history. Then the connection side:
+resolution of a forked (conflicting) history. Then the connection side:
 URL forms, credentials from the environment, session and basic auth against a
 PouchDB Server with an admin, TLS with CA verification and client certificates
 through a TLS proxy, and Cloudant IAM tokens against a mock.
@@ -83,6 +83,10 @@ async def _open(name: str, **kwargs: Any) -> CouchStore:
     for k, v in kwargs.items():
         setattr(store, k, v)
     return store
+
+
+def _no_revs(current: dict[str, Any]) -> dict[str, Any]:
+    return {role: {k: v for k, v in e.items() if k != "rev"} for role, e in current.items()}
 
 
 def _docs(name: str, kind: str) -> list[dict[str, Any]]:
@@ -165,26 +169,37 @@ def test_large_files_round_trip_and_corruption_is_detected(db_name: str) -> None
 # -- forks, crashes and stale publishers ----------------------------------------------------
 
 
-def test_a_forked_head_refuses_publishes_but_serves_reads(db_name: str) -> None:
-    """A conflicting revision (from replication or a split cluster) must not be built on."""
+def test_a_conflicting_copy_without_files_loses_to_the_real_publish(db_name: str) -> None:
+    """A conflicting revision (replication, a split cluster) is resolved by TUF rules.
+
+    The injected revision claims the same batch but holds no publish (no files):
+    the real publish wins whichever revision CouchDB picked, the copy is deleted,
+    and the next publish builds on the real history (tests/test_couchdb_forks.py
+    has forks between two regions).
+    """
 
     async def main() -> None:
         store = await _open(db_name)
         try:
-            await store.update("forked", _bump())
+            await store.update("forked", _bump("real"))
             head = next(d for d in _docs(db_name, "batch") if d["gun"] == "forked")
             other = {k: v for k, v in head.items() if k not in ("_rev", "_attachments")}
             resp = ch.couch(
                 "POST",
                 f"/{db_name}/_bulk_docs",
-                {"new_edits": False, "docs": [{**other, "_rev": "1-" + "0" * 32, "files": {}}]},
+                {"new_edits": False, "docs": [{**other, "_rev": "1-" + "f" * 32, "files": {}}]},
             )
             assert resp.status_code == 201, resp.text
-            with pytest.raises(StorageError, match="conflicting revisions"):
-                await store.update("forked", _bump())
-            with pytest.raises(StorageError, match="conflicting revisions"):
-                await store.delete("forked")
-            assert await store.get_current("forked", "timestamp") is not None
+            assert ch.couch("GET", f"/{db_name}/{_bid(_hash('forked'), 1)}?conflicts=true").json()[
+                "_conflicts"
+            ]
+            ts = await store.get_current("forked", "timestamp")
+            assert ts is not None and ts.data == b"timestamp:1:real"
+            stored = await store.update("forked", _bump("next"))
+            assert [f.version for f in stored] == [2, 2, 2]
+            docs = ch.couch("GET", f"/{db_name}/{_bid(_hash('forked'), 1)}?conflicts=true").json()
+            assert "_conflicts" not in docs and docs["files"], docs
+            assert (await store.get_version("forked", "targets", 1)).data == b"targets:1:real"  # type: ignore[union-attr]
             await store.update("other", _bump())  # other GUNs are unaffected
         finally:
             await store.close()
@@ -343,7 +358,8 @@ def test_aggressive_fencing_never_loses_or_forks(
         assert len(batches) > 12, "no publish was fenced: the test did not test fencing"
         for prev, b in itertools.pairwise(batches):
             if not b["files"]:
-                assert b["current"] == prev["current"]
+                # The same entries; the fence records which revision holds each file.
+                assert _no_revs(b["current"]) == _no_revs(prev["current"])
 
     asyncio.run(main())
 
@@ -527,6 +543,8 @@ def test_url_forms() -> None:
     )
     t = parse_couch_url("https://proxy.example/couch/team%2Fvouch", environ={})
     assert (t.server, t.database, t.auth) == ("https://proxy.example/couch/", "team/vouch", "none")
+    t = parse_couch_url("couchdb://h/d?region=us&regions=eu,us&resolve_every=0.5", environ={})
+    assert (t.region, t.regions, t.resolve_every) == ("us", ("eu", "us"), 0.5)
     t = parse_couch_url("http://[::1]:5984/x", environ={})
     assert t.server == "http://[::1]:5984/"
     assert is_couch_url("couchdb://h/d")
@@ -543,6 +561,14 @@ def test_url_forms() -> None:
         ("couchdbs://h/d?key=/k.pem", "needs cert"),
         ("couchdb://h/d?timeout=soon", "timeout"),
         ("couchdb:///d", "couchdb"),
+        ("couchdb://h/d?region=eu", "go together"),
+        ("couchdb://h/d?regions=eu,us", "go together"),
+        ("couchdb://h/d?region=ap&regions=eu,us", "not in regions"),
+        ("couchdb://h/d?region=eu&regions=eu,eu", "twice"),
+        ("couchdb://h/d?region=EU&regions=EU,us", "region names"),
+        ("couchdb://h/d?region=eu&regions=eu,,us", "region names"),
+        ("couchdb://h/d?resolve_every=0", "resolve_every"),
+        ("couchdb://h/d?resolve_every=often", "resolve_every"),
     ]:
         with pytest.raises(ValueError, match=match):
             parse_couch_url(bad, environ={})

@@ -46,6 +46,8 @@ import contextlib
 import hashlib
 import logging
 import random
+import secrets
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,6 +56,7 @@ from typing import Any
 
 import httpx
 
+from vouch.storage import couchresolve
 from vouch.storage.base import (
     Change,
     RepoState,
@@ -80,13 +83,14 @@ from vouch.storage.memory import (
     prepare_batch,
     utcnow,
 )
+from vouch.tuf.publish import UpdateError
 
 __all__ = ["SCHEMA_VERSION", "CouchStore", "is_couch_url", "open_couch_store"]
 
 log = logging.getLogger("vouch.storage.couchdb")
 
 #: Version of the design document (views) this code needs.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DESIGN_ID = "_design/vouch"
 #: Publish attempts (each re-reads the state and re-runs the callback) before giving up.
 _ATTEMPTS = 32
@@ -99,13 +103,15 @@ _NUM_MAX = 10**19 - 1
 #: Largest change id a JavaScript view key can hold exactly.
 _CHANGE_MAX = 2**53 - 1
 _OCTETS = "application/octet-stream"
+#: Bytes of file contents the store keeps in memory (attachments of named revisions).
+_CACHE_BYTES = 32 * 1024 * 1024
 
 _FILES_MAP = """function (doc) {
   if (doc.kind !== 'batch' || !doc.files) { return; }
   for (var role in doc.files) {
     var f = doc.files[role];
     var v = {gun: doc.gun, role: role, v: f.v, sha256: f.sha256, seq: doc.seq, att: f.att,
-             at: doc.at};
+             at: doc.at, rev: doc._rev};
     emit(['v', doc.gh, f.rh, f.v19], v);
     emit(['s', doc.gh, f.rh, f.sha256], v);
   }
@@ -117,10 +123,19 @@ _FEED_MAP = """function (doc) {
   emit(['all', doc.n], v);
   emit(['g', doc.gh, doc.n], v);
 }"""
+_CONFLICTS_MAP = """function (doc) {
+  if (!doc._conflicts || !doc.gh) { return; }
+  if (doc.kind === 'change') { emit([doc.gh, 'c', doc.n], doc.gun); }
+  else if (doc.kind !== 'notice') { emit([doc.gh, 'b', doc.seq], doc.gun); }
+}"""
 DESIGN: dict[str, Any] = {
     "language": "javascript",
     "vouch_schema": SCHEMA_VERSION,
-    "views": {"files": {"map": _FILES_MAP}, "feed": {"map": _FEED_MAP}},
+    "views": {
+        "files": {"map": _FILES_MAP},
+        "feed": {"map": _FEED_MAP},
+        "conflicts": {"map": _CONFLICTS_MAP},
+    },
 }
 
 
@@ -137,6 +152,23 @@ def _cid(n: int) -> str:
     return f"c:{n:019d}"
 
 
+def _nid(gh: str, seq: int) -> str:
+    return f"n:{gh}:{seq:019d}"
+
+
+def _lineage(head: _Head | None, region: str) -> dict[str, Any]:
+    """Who a new batch is: a fresh ``uid``, the ``uid`` it was built on, its region.
+
+    Fork resolution (couchfork) follows these links; revisions cannot serve, as
+    a stub or a "swept" mark replaces them.
+    """
+    return {
+        "uid": secrets.token_hex(16),
+        "parent": head.doc.get("uid") if head is not None else None,
+        "region": region,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     """Where one stored file lives: its batch and attachment."""
@@ -147,15 +179,22 @@ class _Entry:
     seq: int
     att: str
     at: datetime
+    #: The revision of batch ``seq`` that holds the file (None: whatever is current).
+    #: Reads name it, so a state stays one consistent history even while a fork
+    #: that replication brought in is unresolved.
+    rev: str | None = None
 
     def json(self) -> dict[str, Any]:
-        return {
+        out = {
             "v": str(self.version),
             "sha256": self.sha256,
             "seq": self.seq,
             "att": self.att,
             "at": self.at.isoformat(),
         }
+        if self.rev:
+            out["rev"] = self.rev
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +227,30 @@ class _Rec:
         return Change(self.n, self.at, self.gun, self.version, self.sha256, self.category)
 
 
+class _FileCache:
+    """A small LRU of immutable attachment bytes, bounded by total size."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._size = 0
+        self._items: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+
+    def get(self, key: tuple[str, str, str]) -> bytes | None:
+        data = self._items.get(key)
+        if data is not None:
+            self._items.move_to_end(key)
+        return data
+
+    def put(self, key: tuple[str, str, str], data: bytes) -> None:
+        if len(data) > self._limit // 8 or key in self._items:
+            return
+        self._items[key] = data
+        self._size += len(data)
+        while self._size > self._limit:
+            _, old = self._items.popitem(last=False)
+            self._size -= len(old)
+
+
 class _Verdict(Enum):
     VALID = "valid"  # its batch names it
     VOID = "void"  # its publisher lost (or a fence won)
@@ -217,6 +280,13 @@ class CouchStore:
         #: How long a change record without its batch may still commit before
         #: readers fence it. Only liveness depends on it, never safety.
         self.pending_timeout = pending_timeout
+        #: Multi-region: change ids are striped, ``n ≡ slot + 1 (mod stride)``, so
+        #: regions never create the same record; each fences only its own.
+        self.region = target.region
+        self._stride = max(len(target.regions), 1)
+        self._slot = target.regions.index(target.region) if target.regions else 0
+        self._forks = couchresolve.ForkResolver(self)
+        self._files = _FileCache(_CACHE_BYTES)
 
     @property
     def target(self) -> CouchTarget:
@@ -227,7 +297,7 @@ class CouchStore:
     async def get_current(self, gun: str, role: str) -> StoredFile | None:
         gh = _hash(gun)
         for _ in range(3):
-            head = await self._head(gun, gh)
+            head = await self._read_head(gun, gh)
             entry = head.current.get(role) if head else None
             if entry is None:
                 return None
@@ -242,26 +312,32 @@ class CouchStore:
             return None
         gh = _hash(gun)
         key = ["v", gh, _hash(role), f"{version:019d}"]
-        head, rows = await asyncio.gather(self._head(gun, gh), self._file_rows(key))
-        return await self._pick(
-            gun=gun, gh=gh, role=role, head=head, rows=rows, match=lambda e: e.version == version
-        )
+        return await self._lookup(gun, gh, role, key, lambda e: e.version == version)
 
     async def get_checksum(self, gun: str, role: str, sha256: str) -> StoredFile | None:
         if not is_sha256_hex(sha256):
             return None
         gh = _hash(gun)
         key = ["s", gh, _hash(role), sha256]
-        head, rows = await asyncio.gather(self._head(gun, gh), self._file_rows(key))
-        return await self._pick(
-            gun=gun, gh=gh, role=role, head=head, rows=rows, match=lambda e: e.sha256 == sha256
-        )
+        return await self._lookup(gun, gh, role, key, lambda e: e.sha256 == sha256)
+
+    async def _lookup(
+        self, gun: str, gh: str, role: str, key: list[str], match: Callable[[_Entry], bool]
+    ) -> StoredFile | None:
+        """A by-version or by-hash read: the head first (clients mostly ask for current
+        files, then the view is not needed), else the view of every stored file."""
+        head = await self._read_head(gun, gh)
+        if head is None:
+            return None
+        current = head.current.get(role)
+        rows = [] if current is not None and match(current) else await self._file_rows(key)
+        return await self._pick(gun=gun, gh=gh, role=role, head=head, rows=rows, match=match)
 
     async def get_state(self, gun: str) -> RepoState:
         gh = _hash(gun)
         for _ in range(3):
             try:
-                return await self._state(gun, gh, await self._head(gun, gh))
+                return await self._state(gun, gh, await self._read_head(gun, gh))
             except _GoneError:
                 continue
         raise StorageError(f"couchdb: the state of {gun!r} kept changing under a delete")
@@ -286,9 +362,17 @@ class CouchStore:
         check_name("GUN", gun)
         gh = _hash(gun)
         async with self._locks.hold(gun):  # publishers in this process queue here
+            # Settle forks first (one view query when there are none), so a publisher
+            # whose earlier publish was discarded is told now, not one publish later.
+            await self._forks.settle(gun, gh)
             for attempt in range(_ATTEMPTS):
                 head = await self._head(gun, gh, conflicts=True)
-                self._refuse_fork(gun, head)
+                if head is not None and head.conflicts and self._forks.arbiter:
+                    await self._forks.settle(gun, gh)
+                    continue
+                # (Elsewhere a publish builds on CouchDB's pick; if the arbiter later
+                # discards that history, this region's next publisher is told.)
+                await self._deliver_notices(gun, gh, head)
                 try:
                     state = await self._state(gun, gh, head)
                 except _GoneError:
@@ -310,16 +394,26 @@ class CouchStore:
                         at=stored[0].created_at,
                     )
                 doc = _batch_doc(
-                    gun=gun, gh=gh, seq=seq, head=head, stored=stored, change_id=change_id
+                    gun=gun,
+                    gh=gh,
+                    seq=seq,
+                    head=head,
+                    stored=stored,
+                    change_id=change_id,
+                    region=self.region,
                 )
                 try:
-                    await self._create(_bid(gh, seq), doc, "publish")
+                    rev = await self._create(_bid(gh, seq), doc, "publish")
                 except CouchConflictError:
                     # Another publisher (or a delete, or a fence) took this seq first.
                     if change_id is not None:
                         await self._void(change_id)
                     await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))  # noqa: S311
                     continue
+                if rev:  # the next publish or GET of these files needs no attachment read
+                    for role, f in doc["files"].items():
+                        data = next(s.data for s in stored if s.role == role)
+                        self._files.put((_bid(gh, seq), rev, f["att"]), data)
                 return stored
         raise StorageError(
             f"couchdb: publishing to {gun!r} lost {_ATTEMPTS} races in a row; try again"
@@ -330,11 +424,17 @@ class CouchStore:
             return False
         gh = _hash(gun)
         async with self._locks.hold(gun):
+            try:
+                await self._forks.settle(gun, gh)
+            except UpdateError as e:  # a fork the arbiter region has not resolved yet
+                raise StorageError(f"couchdb: not deleted: {e.msg}") from None
             for attempt in range(_ATTEMPTS):
                 head = await self._head(gun, gh, conflicts=True)
                 if head is None:
                     return False
-                self._refuse_fork(gun, head)
+                if head.conflicts and self._forks.arbiter:
+                    await self._forks.settle(gun, gh)
+                    continue
                 if not head.current:
                     # Deleted already (or never published anything): finish a sweep
                     # that a crashed delete left undone, and report nothing removed.
@@ -355,6 +455,7 @@ class CouchStore:
                     "files": {},
                     "current": {},
                     "change_id": change_id,
+                    **_lineage(head, self.region),
                 }
                 try:
                     rev = await self._create(_bid(gh, seq), tomb, "delete")
@@ -415,9 +516,27 @@ class CouchStore:
             )
 
     async def close(self) -> None:
+        await self._forks.stop()
         await self._db.close()
 
     # -- plumbing: state --------------------------------------------------------------
+
+    async def _read_head(self, gun: str, gh: str) -> _Head | None:
+        """The head for a read; a head in conflict is resolved first (if we may write).
+
+        Forks below the head need no resolution for reads: entries name their
+        revisions, so the head's state is one history.
+        """
+        head = await self._head(gun, gh, conflicts=True)
+        if head is None or not head.conflicts or not self._forks.arbiter:
+            return head
+        try:
+            async with self._locks.hold(gun):
+                await self._forks.settle(gun, gh)
+        except StorageError as e:  # e.g. read-only credentials: serve CouchDB's pick
+            log.warning("could not resolve the fork of %r: %s", gun, e)
+            return head
+        return await self._head(gun, gh)
 
     async def _head(self, gun: str, gh: str, *, conflicts: bool = False) -> _Head | None:
         """The newest batch of the GUN (one descending range read of the primary index)."""
@@ -440,22 +559,38 @@ class CouchStore:
         if doc.get("gun") != gun:
             raise StorageError(f"couchdb: document {doc.get('_id')} is not of GUN {gun!r}")
         kind = str(doc.get("kind", ""))
-        current = {} if kind != "batch" else _parse_current(doc.get("current") or {})
+        current = (
+            {}
+            if kind != "batch"
+            else _parse_current(doc.get("current") or {}, int(doc["seq"]), doc.get("_rev"))
+        )
         gen = int(doc.get("gen", 0)) if kind != "dead" else int(doc["seq"])
         return _Head(int(doc["seq"]), gen, kind, current, bool(doc.get("_conflicts")), doc)
 
-    def _refuse_fork(self, gun: str, head: _Head | None) -> None:
-        """A head with conflicting revisions came from replication or a split cluster.
+    async def _deliver_notices(self, gun: str, gh: str, head: _Head | None) -> None:
+        """Tell this region's next publisher that a fork resolution discarded its publishes.
 
-        Publishing on top of one of them would silently drop the other, so
-        publishes refuse until an operator resolves it (docs/deploy/couchdb.md).
+        The resolution batch carries a notice per losing region; batches copy
+        the notices of other regions forward. The first publish here after it
+        claims the notice (creating ``n:<gh>:<seq>``, so exactly one publisher
+        is told) and is refused with the notice as a validation error: the
+        notary CLI shows it, and the client's next publish starts from the
+        winning history.
         """
-        if head is not None and head.conflicts:
-            raise StorageError(
-                f"couchdb: the history of {gun!r} has conflicting revisions of batch "
-                f"{head.seq} (replication or a split cluster); publishes are refused "
-                "until it is resolved"
-            )
+        if head is None:
+            return
+        for notice in head.doc.get("notices") or []:
+            if notice.get("region", "") != self.region:
+                continue
+            try:
+                await self._create(
+                    _nid(gh, int(notice["seq"])),
+                    {"kind": "notice", "gun": gun, "gh": gh, "at": utcnow().isoformat()},
+                    "claim fork notice",
+                )
+            except CouchConflictError:
+                continue  # told already
+            raise UpdateError("ErrValidation", str(notice.get("detail", "")))
 
     async def _state(self, gun: str, gh: str, head: _Head | None) -> RepoState:
         if head is None or not head.current:
@@ -464,10 +599,23 @@ class CouchStore:
         return RepoState(gun, {f.role: f for f in files})
 
     async def _fetch(self, gun: str, gh: str, entry: _Entry) -> StoredFile:
-        """A file's bytes (its batch's attachment), checked against the recorded hash."""
+        """A file's bytes (its batch's attachment), checked against the recorded hash.
+
+        An attachment of a named revision never changes, so those are cached: a
+        GET of a current file then costs one database request (the head).
+        """
+        key = (_bid(gh, entry.seq), entry.rev or "", entry.att)
+        data = self._files.get(key) if entry.rev else None
+        if data is not None and hashlib.sha256(data).hexdigest() == entry.sha256:
+            return StoredFile(
+                gun, entry.role, entry.version, data, entry.sha256, entry.at, entry.at
+            )
         try:
             resp = await self._db.request(
-                "GET", self._db.doc_path(_bid(gh, entry.seq), entry.att), "read file"
+                "GET",
+                self._db.doc_path(_bid(gh, entry.seq), entry.att),
+                "read file",
+                params={"rev": entry.rev} if entry.rev else None,
             )
         except CouchNotFoundError:
             raise _GoneError from None
@@ -476,6 +624,8 @@ class CouchStore:
             raise StorageError(
                 f"couchdb: {gun!r} {entry.role} v{entry.version} does not match its SHA-256"
             )
+        if entry.rev:
+            self._files.put(key, data)
         return StoredFile(gun, entry.role, entry.version, data, entry.sha256, entry.at, entry.at)
 
     async def _file_rows(self, key: list[str]) -> list[tuple[str, _Entry]]:
@@ -494,6 +644,7 @@ class CouchStore:
                 int(v["seq"]),
                 str(v["att"]),
                 _time(v["at"]),
+                v.get("rev"),
             )
             out.append((str(v["gun"]), entry))
         return out
@@ -551,7 +702,13 @@ class CouchStore:
         one above the highest id in the database.
         """
         async with self._alloc_lock:
-            n = self._last_change + 1 if self._last_change else await self._last_change_id() + 1
+            # Several regions: other regions' records arrive by replication, so
+            # the local cache is not the newest id; the database says which is.
+            multi = self._stride > 1
+            last = self._last_change
+            n = self._next_id(
+                max(last, await self._last_change_id()) if multi or not last else last
+            )
             for _ in range(_ALLOC_ATTEMPTS):
                 if n > _CHANGE_MAX:
                     break
@@ -571,11 +728,19 @@ class CouchStore:
                         "add change record",
                     )
                 except CouchConflictError:
-                    n = max(n + 1, await self._last_change_id() + 1)
+                    n = self._next_id(max(n, await self._last_change_id()))
                     continue
                 self._last_change = n
                 return n
         raise StorageError("couchdb: could not allocate a change id")
+
+    def _next_id(self, after: int) -> int:
+        """The smallest change id above ``after`` in this region's stripe."""
+        n = after + 1
+        return n + (self._slot - (n - 1)) % self._stride
+
+    def _own(self, n: int) -> bool:
+        return (n - 1) % self._stride == self._slot
 
     async def _last_change_id(self) -> int:
         body = await self._db.get_json(
@@ -624,6 +789,7 @@ class CouchStore:
                     "gh": gh,
                     "seq": d["seq"],
                     "change_id": d.get("change_id"),
+                    "uid": d.get("uid"),
                 }
                 for d in (r["doc"] for r in rows)
                 if d.get("kind") != "dead"
@@ -726,7 +892,9 @@ class CouchStore:
                 verdict = _Verdict.VOID
             elif doc is not None:
                 verdict = _Verdict.VALID if doc.get("change_id") == r.n else _Verdict.VOID
-            elif now - r.at.timestamp() < self.pending_timeout:
+            elif now - r.at.timestamp() < self.pending_timeout or not self._own(r.n):
+                # Another region's record waits for its batch to replicate; that
+                # region fences its own stuck records and the fence replicates.
                 verdict = _Verdict.PENDING
             else:
                 verdict = await self._fence(r)
@@ -743,8 +911,11 @@ class CouchStore:
         prev = (await self._docs({_bid(rec.gh, rec.seq - 1)})).get(_bid(rec.gh, rec.seq - 1))
         current: dict[str, Any] = {}
         gen = 0 if rec.seq == 1 else rec.seq
+        parent = None
         if prev is not None and prev.get("kind") in ("batch", "tombstone"):
-            current, gen = prev.get("current") or {}, int(prev.get("gen", 0))
+            raw = _parse_current(prev.get("current") or {}, int(prev["seq"]), prev.get("_rev"))
+            current = {role: e.json() for role, e in raw.items()}
+            gen, parent = int(prev.get("gen", 0)), prev.get("uid")
         fence = {
             "kind": "batch",
             "gun": rec.gun,
@@ -756,6 +927,10 @@ class CouchStore:
             "current": current,
             "change_id": None,
             "fenced": rec.n,
+            "uid": secrets.token_hex(16),
+            "parent": parent,
+            "region": self.region,
+            "notices": (prev or {}).get("notices") or [],
         }
         try:
             await self._create(_bid(rec.gh, rec.seq), fence, "fence stuck change")
@@ -809,6 +984,8 @@ async def open_couch_store(
             await store.bootstrap()
         else:
             await store.check_schema()
+        if store.target.regions and store._forks.arbiter:
+            store._forks.start(store.target.resolve_every)
     except BaseException:
         await store.close()
         raise
@@ -826,8 +1003,13 @@ def _batch_doc(
     head: _Head | None,
     stored: list[StoredFile],
     change_id: int | None,
+    region: str,
 ) -> dict[str, Any]:
-    """The batch that commits ``stored`` on top of ``head``: files, new current map, link."""
+    """The batch that commits ``stored`` on top of ``head``: files, new current map, link.
+
+    Notices of a fork resolution addressed to other regions are carried forward
+    (this region's were delivered before the callback ran).
+    """
     at = stored[0].created_at
     current = {role: e.json() for role, e in (head.current if head else {}).items()}
     files: dict[str, Any] = {}
@@ -854,6 +1036,10 @@ def _batch_doc(
         "current": current,
         "change_id": change_id,
         "_attachments": attachments,
+        "notices": [
+            n for n in (head.doc.get("notices") or [] if head else []) if n.get("region") != region
+        ],
+        **_lineage(head, region),
     }
 
 
@@ -882,10 +1068,19 @@ def _change_doc(
     }
 
 
-def _parse_current(raw: dict[str, Any]) -> dict[str, _Entry]:
+def _parse_current(
+    raw: dict[str, Any], seq: int | None = None, rev: str | None = None
+) -> dict[str, _Entry]:
+    """A batch's current map; its own files (no ``rev`` recorded yet) get its revision."""
     return {
         role: _Entry(
-            role, int(e["v"]), str(e["sha256"]), int(e["seq"]), str(e["att"]), _time(e["at"])
+            role,
+            int(e["v"]),
+            str(e["sha256"]),
+            int(e["seq"]),
+            str(e["att"]),
+            _time(e["at"]),
+            e.get("rev") or (rev if int(e["seq"]) == seq else None),
         )
         for role, e in raw.items()
     }

@@ -47,7 +47,18 @@ DEFAULT_DATABASE = "vouch"
 #: IBM Cloud's IAM token endpoint (Cloudant's API keys are IAM keys).
 IAM_TOKEN_URL = "https://iam.cloud.ibm.com/identity/token"  # noqa: S105  (a URL)
 _DB_NAME = re.compile(r"[a-z][a-z0-9_$()+/-]*")
-_PARAMS = {"cacert", "cert", "key", "auth", "timeout", "iam_url"}
+_PARAMS = {
+    "cacert",
+    "cert",
+    "key",
+    "auth",
+    "timeout",
+    "iam_url",
+    "region",
+    "regions",
+    "resolve_every",
+}
+_REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _AUTH_KINDS: tuple[AuthKind, ...] = ("none", "basic", "session", "iam")
 #: Refresh an IAM token when less than this share of its lifetime is left.
 _IAM_REFRESH_SHARE = 0.2
@@ -77,6 +88,12 @@ class CouchTarget:
     cert: str | None = None
     key: str | None = None
     timeout: float = 30.0
+    #: Multi-region replication: this region's name and every region's, in one
+    #: order shared by all (change ids are striped by the position); empty: one region.
+    region: str = ""
+    regions: tuple[str, ...] = ()
+    #: Seconds between scans for forks that replication brought in (multi-region only).
+    resolve_every: float = 2.0
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """Verification on (hostname and chain), against ``cacert`` or the system CAs."""
@@ -94,7 +111,10 @@ def parse_couch_url(raw: str, environ: Mapping[str, str] | None = None) -> Couch
     The database is the last path segment; a path ending in ``/`` names only the
     server (the form notary-style configs use) and the database is ``vouch``.
     Query parameters: ``cacert``, ``cert``, ``key`` (TLS files), ``auth``
-    (``none``/``basic``/``session``/``iam``), ``timeout`` (seconds), ``iam_url``.
+    (``none``/``basic``/``session``/``iam``), ``timeout`` (seconds), ``iam_url``,
+    and for multi-region replication ``region`` (this region's name), ``regions``
+    (every region's name, comma-separated, the same list everywhere) and
+    ``resolve_every`` (seconds between fork scans).
     Credentials missing from the URL come from the environment.
     """
     env = os.environ if environ is None else environ
@@ -153,6 +173,13 @@ def parse_couch_url(raw: str, environ: Mapping[str, str] | None = None) -> Couch
         raise ValueError("timeout must be a number of seconds") from None
     if not timeout > 0:
         raise ValueError("timeout must be a number of seconds")
+    region, regions = _parse_regions(params.get("region", ""), params.get("regions", ""))
+    try:
+        resolve_every = float(params.get("resolve_every", "2"))
+    except ValueError:
+        raise ValueError("resolve_every must be a number of seconds") from None
+    if not resolve_every > 0:
+        raise ValueError("resolve_every must be a number of seconds")
     return CouchTarget(
         server=f"{http_scheme}://{netloc}{prefix}",
         database=database,
@@ -165,7 +192,29 @@ def parse_couch_url(raw: str, environ: Mapping[str, str] | None = None) -> Couch
         cert=params.get("cert") or None,
         key=params.get("key") or None,
         timeout=timeout,
+        region=region,
+        regions=regions,
+        resolve_every=resolve_every,
     )
+
+
+def _parse_regions(region: str, regions: str) -> tuple[str, tuple[str, ...]]:
+    """``region=b&regions=a,b``: both or neither, names unique, ``region`` among them."""
+    if not region and not regions:
+        return "", ()
+    names = tuple(r.strip() for r in regions.split(",")) if regions else ()
+    if not region or not names:
+        raise ValueError("region= and regions= go together (this region, and every region)")
+    for name in (region, *names):
+        if not _REGION.fullmatch(name):
+            raise ValueError(
+                f"region names are 1-32 characters a-z, 0-9 and '-' (got {name[:40]!r})"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError("regions= names a region twice")
+    if region not in names:
+        raise ValueError(f"region {region!r} is not in regions={','.join(names)}")
+    return region, names
 
 
 class CouchHTTPError(StorageError):
