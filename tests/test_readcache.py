@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from test_storage import my_database, pg_database, sql_url  # noqa: F401  (fixtures)
 from vouch.storage.base import NewFile, RepoState, StorageError
-from vouch.storage.readcache import ByteCache, CachedReader, cached_reader
+from vouch.storage.readcache import ByteCache, CachedReader, SharedReads, cached_reader
 from vouch.storage.sql import open_store
 
 Body = Callable[[CachedReader, object, object], Awaitable[None]]
@@ -186,3 +186,48 @@ def test_checksum_reads_within_the_window_skip_the_index_and_a_delete_ends_it(
         assert await reader.get_checksum("example.com/other", "targets", digest) is None
 
     _run(sql_url, body)
+
+
+def test_shared_reads_never_answer_with_a_read_that_started_earlier() -> None:
+    async def main() -> None:
+        shared: SharedReads[str, int] = SharedReads()
+        started: list[asyncio.Event] = []
+        release: list[asyncio.Event] = []
+
+        async def fn() -> int:
+            started.append(asyncio.Event())
+            release.append(asyncio.Event())
+            number = len(started)
+            started[-1].set()
+            await release[-1].wait()
+            return number
+
+        a = asyncio.ensure_future(shared.read("gun", fn))
+        await asyncio.sleep(0)
+        while not started:
+            await asyncio.sleep(0)
+        # Read 1 is in flight: later requests must not get its answer.
+        b = asyncio.ensure_future(shared.read("gun", fn))
+        c = asyncio.ensure_future(shared.read("gun", fn))
+        other = asyncio.ensure_future(shared.read("other-gun", fn))
+        await asyncio.sleep(0.01)
+        assert len(started) == 2, "one read per key in flight; another key reads at once"
+        release[0].set()
+        assert await a == 1
+        while len(started) < 3:
+            await asyncio.sleep(0)
+        release[1].set()
+        release[2].set()
+        assert {await b, await c} == {3}, "both share the read that started after them"
+        assert await other == 2
+        assert shared.reads == 3
+
+        async def failing() -> int:
+            raise StorageError("couchdb: down")
+
+        results = await asyncio.gather(
+            *(shared.read("gun", failing) for _ in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, StorageError) for r in results)
+
+    asyncio.run(main())

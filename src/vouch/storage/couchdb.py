@@ -83,6 +83,7 @@ from vouch.storage.memory import (
     prepare_batch,
     utcnow,
 )
+from vouch.storage.readcache import SharedReads
 from vouch.tuf.publish import UpdateError
 
 __all__ = ["SCHEMA_VERSION", "CouchStore", "is_couch_url", "open_couch_store"]
@@ -273,6 +274,7 @@ class CouchStore:
     ) -> None:
         self._db = CouchClient(target, transport=transport)
         self._locks = KeyedLocks()
+        self._head_reads: SharedReads[str, _Head | None] = SharedReads()
         # Change ids are allocated one at a time per process, starting from the
         # last id this process created: contention (409s) only across processes.
         self._alloc_lock = asyncio.Lock()
@@ -525,8 +527,13 @@ class CouchStore:
         """The head for a read; a head in conflict is resolved first (if we may write).
 
         Forks below the head need no resolution for reads: entries name their
-        revisions, so the head's state is one history.
+        revisions, so the head's state is one history. Concurrent reads of one
+        GUN share the next head read (:class:`SharedReads`: never one that
+        started before they arrived).
         """
+        return await self._head_reads.read(gun, lambda: self._read_head_now(gun, gh))
+
+    async def _read_head_now(self, gun: str, gh: str) -> _Head | None:
         head = await self._head(gun, gh, conflicts=True)
         if head is None or not head.conflicts or not self._forks.arbiter:
             return head

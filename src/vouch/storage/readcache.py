@@ -38,7 +38,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from vouch.storage.base import (
     ChecksumKey,
@@ -110,6 +110,7 @@ class _Batcher(Generic[K]):
         self._pending: list[tuple[K, asyncio.Future[FileRef | None]]] = []
         self._inflight = 0
         self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self.queries = 0
 
     async def lookup(self, key: K) -> FileRef | None:
@@ -128,7 +129,9 @@ class _Batcher(Generic[K]):
             batch = self._pending[:MAX_BATCH]
             del self._pending[:MAX_BATCH]
             self._inflight += 1
-            asyncio.get_running_loop().create_task(self._run(batch))
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)  # a task nobody references may be collected mid-query
+            task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[K, asyncio.Future[FileRef | None]]]) -> None:
         try:
@@ -148,6 +151,70 @@ class _Batcher(Generic[K]):
             self._inflight -= 1
             if self._pending and not self._scheduled:
                 self._dispatch()
+
+
+V = TypeVar("V")
+
+
+class SharedReads(Generic[K, V]):
+    """Concurrent reads of one key share one read that started after each arrived.
+
+    For stores whose look-ups cannot be batched across keys (a CouchDB head is
+    a range read per GUN): at most one read per key is in flight; requests that
+    arrive meanwhile wait for the *next* one, which starts when it ends, so
+    every answer is still as fresh as a read made after the request arrived.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[K, asyncio.Future[V]] = {}
+        self._next: dict[K, asyncio.Future[V]] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
+        self.reads = 0
+
+    async def read(self, key: K, fn: Callable[[], Awaitable[V]]) -> V:
+        fut = self._next.get(key)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(_retrieve)
+            self._next[key] = fut
+            task = asyncio.ensure_future(self._start(key, fut, self._running.get(key), fn))
+            self._tasks.add(task)  # a task nobody references may be collected mid-read
+            task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(fut)
+
+    async def _start(
+        self,
+        key: K,
+        fut: asyncio.Future[V],
+        previous: asyncio.Future[V] | None,
+        fn: Callable[[], Awaitable[V]],
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        # From here on, newcomers must wait for a later read.
+        if self._next.get(key) is fut:
+            del self._next[key]
+        self._running[key] = fut
+        try:
+            self.reads += 1
+            result = await fn()
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not fut.done():
+                fut.set_result(result)
+        finally:
+            if self._running.get(key) is fut:
+                del self._running[key]
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a shared read's failure as seen, even if every waiter went away."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class CachedReader:
@@ -252,4 +319,4 @@ def cached_reader(
     return CachedReader(store, cast(FileIndex, store), cache=cache, max_inflight=max_inflight)
 
 
-__all__ = ["ByteCache", "CachedReader", "cached_reader"]
+__all__ = ["ByteCache", "CachedReader", "SharedReads", "cached_reader"]
