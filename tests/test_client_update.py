@@ -110,6 +110,25 @@ def test_cold_then_warm_start(sim: RepoSim, tmp_path: Path) -> None:
     assert [n for n, _ in server.requests] == ["timestamp.json"]
 
 
+def test_a_cache_write_that_fails_fails_the_refresh(sim: RepoSim, tmp_path: Path) -> None:
+    """Files are cached from a writer thread while the refresh goes on; refresh()
+    returns only after every write, and a write that failed is its error."""
+    server = FakeServer(sim)
+    cache = MetadataCache(tmp_path, sim.gun)
+    blocker = cache.path("targets/releases").parent  # a file where a directory must go
+    blocker.parent.mkdir(parents=True)
+    blocker.write_bytes(b"")
+    with pytest.raises(OSError):
+        run(Updater(sim.gun, server, cache))
+    for role in ("root", "timestamp", "snapshot", "targets"):
+        assert cache.read(role) == sim.files[role], f"{role}: the writes before it landed"
+    blocker.unlink()
+    result = run(Updater(sim.gun, server, cache))
+    assert set(result.trusted.all_targets()) == {"v1", "rel/1"}
+    for role in ("root", "timestamp", "snapshot", "targets", "targets/releases"):
+        assert cache.read(role) == sim.files[role]
+
+
 def test_size_limits_requested(sim: RepoSim, tmp_path: Path) -> None:
     server = FakeServer(sim)
     cache = MetadataCache(tmp_path, sim.gun)
