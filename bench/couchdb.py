@@ -266,20 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{binary} is missing (make venv; apt-get install notary)")
     if args.couch_url and not is_couch_url(args.couch_url):
         parser.error("--couch-url must be an http(s):// or couchdb(s):// URL")
-    plan = srv.Plan(
-        duration=2.0 if args.quick else args.duration,
-        rounds=1 if args.quick else max(1, args.rounds),
-        warmup=0.0 if args.quick else 1.0,
-        connections=args.connections,
-        get_repos=4 if args.quick else 16,
-        publishers=args.publishers,
-        publish_rate=args.publish_rate,
-        workers=args.workers,
-        loadgen=loadgen,
-        quiet_wait=args.quiet_wait,
-        max_noise=args.max_noise,
-        retries=max(0, args.retries),
-    )
+    plan = srv.plan_from_args(args, loadgen)
     load_before = os.getloadavg()[0]
     if load_before > 0.5:
         print(

@@ -820,6 +820,24 @@ class Plan:
     background: list[float] = field(default_factory=list)  # busy cores before each run
 
 
+def plan_from_args(args: argparse.Namespace, loadgen: str) -> Plan:
+    """The plan the shared command-line options describe (also used by bench/couchdb.py)."""
+    return Plan(
+        duration=2.0 if args.quick else args.duration,
+        rounds=1 if args.quick else max(1, args.rounds),
+        warmup=0.0 if args.quick else 1.0,
+        connections=args.connections,
+        get_repos=4 if args.quick else 16,
+        publishers=args.publishers,
+        publish_rate=args.publish_rate,
+        workers=args.workers,
+        loadgen=loadgen,
+        quiet_wait=args.quiet_wait,
+        max_noise=args.max_noise,
+        retries=max(0, args.retries),
+    )
+
+
 def prepare(
     server: Server, plan: Plan, get_repos: list[Repo], pub: dict[str, list[Repo]]
 ) -> list[Load]:
@@ -1040,20 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
     for binary in (VOUCH_BIN, NOTARY_SERVER_BIN):
         if not os.access(binary, os.X_OK):
             parser.error(f"{binary} is missing (make venv; apt-get install notary)")
-    plan = Plan(
-        duration=2.0 if args.quick else args.duration,
-        rounds=1 if args.quick else max(1, args.rounds),
-        warmup=0.0 if args.quick else 1.0,
-        connections=args.connections,
-        get_repos=4 if args.quick else 16,
-        publishers=args.publishers,
-        publish_rate=args.publish_rate,
-        workers=args.workers,
-        loadgen=loadgen,
-        quiet_wait=args.quiet_wait,
-        max_noise=args.max_noise,
-        retries=max(0, args.retries),
-    )
+    plan = plan_from_args(args, loadgen)
     backends = ["memory", "sqlite", "postgres"] if args.backend == "all" else [args.backend]
     loaddesc = (
         f"wrk {_dpkg_version('wrk')}, {plan.connections} connections for GETs, "
