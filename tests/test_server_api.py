@@ -72,6 +72,8 @@ async def test_metadata_headers_match_notary_server() -> None:
     assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d UTC", cur.headers["last-modified"])
     by_version = await client.get(f"/v2/{pub.gun}/_trust/tuf/1.root.json")
     assert by_version.content == cur.content
+    padded = await client.get(f"/v2/{pub.gun}/_trust/tuf/{'0' * 30}1.root.json")
+    assert padded.content == cur.content  # Go's ParseInt reads leading zeros
     assert by_version.headers["cache-control"] == "public, max-age=2592000, s-maxage=2592000"
     import hashlib
 
@@ -83,6 +85,9 @@ async def test_metadata_headers_match_notary_server() -> None:
         f"root.{hashlib.sha512(cur.content).hexdigest()}.json",
         "0.root.json",
         "9.root.json",
+        "9" * 5000 + ".root.json",  # past Python's int parsing limit: a 404, not a 500
+        "0" * 5000 + "2.root.json",
+        "99999999999999999999.root.json",  # past 64 bits
         "targets/nope.json",
     ):
         resp = await client.get(f"/v2/{pub.gun}/_trust/tuf/{missing}")

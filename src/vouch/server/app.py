@@ -154,7 +154,10 @@ def build_app(
                 raise NotFoundError(role)
             return await service.get_checksum(gun, role, arg)
         if op == "GetRoleByVersion":
-            version = int(arg)
+            digits = arg.lstrip("0")  # Go parses "007" as 7
+            if len(digits) > 19:  # past any 64-bit version (and Python's int parsing limit)
+                raise NotFoundError(role)
+            version = int(digits or "0")
             if version < 1:
                 raise NotFoundError(role)
             return await service.get_version(gun, role, version)
