@@ -384,6 +384,38 @@ async def test_upload_size_limit() -> None:
     assert resp.status_code == 413
 
 
+async def test_absurd_content_length_is_too_large_not_a_crash() -> None:
+    """A 5,000-digit Content-Length (past Python's int parsing limit) is a 413."""
+    client, _ = make_client(max_upload_bytes=1000)
+    app = client._transport.app  # type: ignore[attr-defined]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v2/example.com/big/_trust/tuf/",
+        "raw_path": b"/v2/example.com/big/_trust/tuf/",
+        "query_string": b"",
+        "headers": [
+            (b"content-type", b"multipart/form-data; boundary=x"),
+            (b"content-length", b"9" * 5000),
+        ],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("vouch.test", 80),
+        "client": ("127.0.0.1", 1),
+        "root_path": "",
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 413
+
+
 async def test_timestamp_resigned_near_expiry_and_served_when_signing_fails() -> None:
     client, pub = await _initialised()
     service = client._transport.app.state.service  # type: ignore[attr-defined]
