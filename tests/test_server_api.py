@@ -334,6 +334,12 @@ async def test_changefeed_paging_and_parameters() -> None:
     assert bad.status_code == 400 and _error(bad)["code"] == "INVALID_PARAMETERS"
     bad2 = await client.get("/v2/_trust/changefeed?records=1&change_id=abc")
     assert bad2.status_code == 400
+    # Leading zeros are read as Go reads them, however many; thousands of digits are
+    # "out of range" (a 400), never a crash of Python's integer parsing.
+    padded = await client.get("/v2/_trust/changefeed?records=" + "0" * 5000 + "2")
+    assert padded.status_code == 200 and padded.json()["count"] == 2
+    huge = await client.get("/v2/_trust/changefeed?records=" + "9" * 5000)
+    assert huge.status_code == 400 and "out of range" in _error(huge)["detail"]
 
 
 @pytest.mark.parametrize(

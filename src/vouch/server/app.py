@@ -458,9 +458,13 @@ def _parse_int32(text: str) -> int:
     if not _GO_INT.match(text):
         raise ValueError(f"strconv.ParseInt: parsing {quoted}: invalid syntax")
     digits = text.lstrip("+-").lstrip("0")
-    if len(digits) > 10 or not -MAX_INT32 - 1 <= int(text) <= MAX_INT32:
-        raise ValueError(f"strconv.ParseInt: parsing {quoted}: value out of range")
-    return int(text)
+    out_of_range = ValueError(f"strconv.ParseInt: parsing {quoted}: value out of range")
+    if len(digits) > 10:  # before int(): the text may be thousands of digits long
+        raise out_of_range
+    value = -int(digits or "0") if text.startswith("-") else int(digits or "0")
+    if not -MAX_INT32 - 1 <= value <= MAX_INT32:
+        raise out_of_range
+    return value
 
 
 def _operation(request: Request) -> str:
