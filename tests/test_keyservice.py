@@ -31,6 +31,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import couchdb_harness as ch
 from notary_harness import (
     NotaryCLI,
     NotaryServer,
@@ -51,6 +52,7 @@ from vouch.keyservice import (
     passphrases_from_env,
     sign_metadata,
 )
+from vouch.keyservice.couch import CouchKeyService, doc_id
 from vouch.keyservice.schema import private_keys
 from vouch.tuf import build
 from vouch.tuf.keys import Key, verify
@@ -127,15 +129,36 @@ def _sql_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"mysql+aiomysql://root@127.0.0.1:3306/{name}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return _sql_url(request.param, request, tmp_path)
+@pytest.fixture
+def couch_url() -> Iterator[str]:
+    """A fresh key database on the CouchDB-protocol test server (PouchDB Server)."""
+    ch.require_couch()
+    name = ch.new_db_name("vouch_keys")
+    yield ch.store_url(name)
+    ch.drop_db(name)
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql", "mariadb"])
+def _url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if kind == "couchdb":
+        url: str = request.getfixturevalue("couch_url")
+        return url
+    return _sql_url(kind, request, tmp_path)
+
+
+def is_couch(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb", "couchdb"])
+def stored_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A backend that stores keys: the SQL databases and CouchDB."""
+    return _url(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql", "mariadb", "couchdb"])
 def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A backend URL, or "memory" for :class:`MemoryKeyService`."""
-    return "memory" if request.param == "memory" else _sql_url(request.param, request, tmp_path)
+    return "memory" if request.param == "memory" else _url(request.param, request, tmp_path)
 
 
 @pytest.fixture
@@ -146,8 +169,12 @@ def gun() -> str:
 @contextlib.asynccontextmanager
 async def opened(
     url: str, passphrases: dict[str, str] = PASSPHRASES, alias: str = ALIAS, **kwargs: Any
-) -> AsyncIterator[LocalKeyService]:
-    service = await LocalKeyService.open(url, passphrases, alias, **kwargs)
+) -> AsyncIterator[LocalKeyService | CouchKeyService]:
+    service: LocalKeyService | CouchKeyService
+    if is_couch(url):
+        service = await CouchKeyService.open(url, passphrases, alias, **kwargs)
+    else:
+        service = await LocalKeyService.open(url, passphrases, alias, **kwargs)
     try:
         yield service
     finally:
@@ -163,8 +190,33 @@ async def any_service(url: str) -> AsyncIterator[KeyService]:
         yield service
 
 
+def couch_doc(url: str, key_id: str) -> dict[str, Any]:
+    name = url.rsplit("/", 1)[1]
+    resp = ch.couch("GET", f"/{name}/{doc_id(key_id)}")
+    resp.raise_for_status()
+    doc: dict[str, Any] = resp.json()
+    return doc
+
+
+def _couch_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def as_row(doc: dict[str, Any]) -> dict[str, Any]:
+    """A key document in the shape of a ``private_keys`` row, to check both alike."""
+    row = dict(doc)
+    row["public"] = base64.b64decode(doc["public"])
+    row["private"] = doc["private"].encode("ascii")
+    row["deleted_at"] = _couch_time(doc["deleted"])
+    for name in ("created_at", "updated_at", "last_used"):
+        row[name] = _couch_time(doc[name])
+    return row
+
+
 async def raw_row(url: str, key_id: str) -> dict[str, Any]:
     """The row exactly as stored, deleted or not."""
+    if is_couch(url):
+        return as_row(couch_doc(url, key_id))
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
@@ -177,11 +229,36 @@ async def raw_row(url: str, key_id: str) -> dict[str, Any]:
 
 
 async def raw_rows(url: str, gun: str) -> list[dict[str, Any]]:
+    if is_couch(url):
+        docs = ch.all_docs(url.rsplit("/", 1)[1])
+        return [as_row(d) for d in docs if d.get("type") == "private_key" and d["gun"] == gun]
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
             query = select(private_keys).where(private_keys.c.gun == gun)
             return [dict(r._mapping) for r in (await conn.execute(query)).all()]
+    finally:
+        await engine.dispose()
+
+
+async def tamper(url: str, victim: str, /, **values: Any) -> None:
+    """Overwrite stored fields of a key behind the service's back (an attacker with
+    write access to the key database). ``bytes`` values go in as the backend stores them."""
+    if is_couch(url):
+        doc = couch_doc(url, victim)
+        for field, value in values.items():
+            if field == "public":
+                doc[field] = base64.b64encode(value).decode()
+            else:
+                doc[field] = value.decode("ascii") if isinstance(value, bytes) else value
+        db = url.rsplit("/", 1)[1]
+        ch.couch("PUT", f"/{db}/{doc_id(victim)}", doc).raise_for_status()
+        return
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            update = private_keys.update().where(private_keys.c.key_id == victim)
+            await conn.execute(update.values(**values))
     finally:
         await engine.dispose()
 
@@ -339,12 +416,12 @@ def test_delete_is_soft_and_final(any_url: str, gun: str) -> None:
 
 @pytest.mark.parametrize("algorithm", ["ecdsa", "ed25519"])
 def test_private_column_is_a_jwe_without_the_key_in_clear(
-    sql_url: str, gun: str, algorithm: str
+    stored_url: str, gun: str, algorithm: str
 ) -> None:
     async def scenario() -> None:
-        async with opened(sql_url) as keys:
+        async with opened(stored_url) as keys:
             key = await keys.create_key(gun, "timestamp", algorithm)
-        row = await raw_row(sql_url, key.keyid)
+        row = await raw_row(stored_url, key.keyid)
         assert row["key_id"] == key.keyid
         assert (row["encryption_alg"], row["keywrap_alg"]) == ("A256GCM", "PBES2-HS256+A128KW")
         assert (row["algorithm"], row["passphrase_alias"]) == (algorithm, ALIAS)
@@ -377,13 +454,13 @@ def test_private_column_is_a_jwe_without_the_key_in_clear(
 
 
 @pytest.mark.parametrize("algorithm", ["ecdsa", "ed25519"])
-def test_restart_finds_and_uses_the_keys(sql_url: str, gun: str, algorithm: str) -> None:
+def test_restart_finds_and_uses_the_keys(stored_url: str, gun: str, algorithm: str) -> None:
     async def scenario() -> None:
-        async with opened(sql_url) as keys:
+        async with opened(stored_url) as keys:
             used = await keys.create_key(gun, "timestamp", algorithm)
             assert await signs(keys, used)
             unused = await keys.create_key(gun, "timestamp", algorithm)
-        async with opened(sql_url) as keys:  # a new process, in effect: empty cache
+        async with opened(stored_url) as keys:  # a new process, in effect: empty cache
             assert await keys.public_key(used.keyid) == used
             assert await keys.get_key(gun, "timestamp") == unused
             assert await keys.create_key(gun, "timestamp", algorithm) == unused
@@ -393,11 +470,11 @@ def test_restart_finds_and_uses_the_keys(sql_url: str, gun: str, algorithm: str)
     run(scenario())
 
 
-def test_wrong_or_missing_passphrase_is_a_clear_error(sql_url: str, gun: str) -> None:
+def test_wrong_or_missing_passphrase_is_a_clear_error(stored_url: str, gun: str) -> None:
     async def scenario() -> None:
-        async with opened(sql_url) as keys:
+        async with opened(stored_url) as keys:
             key = await keys.create_key(gun, "timestamp")
-        async with opened(sql_url, {ALIAS: "not the passphrase"}) as keys:
+        async with opened(stored_url, {ALIAS: "not the passphrase"}) as keys:
             with pytest.raises(KeyDecryptionError) as info:
                 await keys.sign(key.keyid, MESSAGE)
             text = str(info.value)
@@ -405,28 +482,28 @@ def test_wrong_or_missing_passphrase_is_a_clear_error(sql_url: str, gun: str) ->
             assert "not the passphrase" not in text and PASSPHRASE not in text
             # Public information stays available.
             assert await keys.public_key(key.keyid) == key
-        async with opened(sql_url, {"other": "x"}, "other") as keys:
+        async with opened(stored_url, {"other": "x"}, "other") as keys:
             with pytest.raises(KeyDecryptionError, match="no passphrase for alias 'alias1'"):
                 await keys.sign(key.keyid, MESSAGE)
             with pytest.raises(KeyDecryptionError, match="NOTARY_SIGNER_ALIAS1"):
                 await keys.sign(key.keyid, MESSAGE)
         # Aliases are case-insensitive, as notary-signer's NOTARY_SIGNER_<UPPER(alias)>.
-        async with opened(sql_url, {"ALIAS1": PASSPHRASE}, "Alias1") as keys:
+        async with opened(stored_url, {"ALIAS1": PASSPHRASE}, "Alias1") as keys:
             assert await signs(keys, key)
             assert PASSPHRASE not in repr(vars(keys))
 
     run(scenario())
 
 
-def test_old_aliases_stay_readable_after_changing_the_default(sql_url: str, gun: str) -> None:
+def test_old_aliases_stay_readable_after_changing_the_default(stored_url: str, gun: str) -> None:
     async def scenario() -> None:
-        async with opened(sql_url) as keys:
+        async with opened(stored_url) as keys:
             old = await keys.create_key(gun, "timestamp")
         both = {ALIAS: PASSPHRASE, "alias2": "second passphrase"}
-        async with opened(sql_url, both, "alias2") as keys:
+        async with opened(stored_url, both, "alias2") as keys:
             new = await keys.rotate_key(gun, "timestamp", "ecdsa")
             assert await signs(keys, old) and await signs(keys, new)
-        assert (await raw_row(sql_url, new.keyid))["passphrase_alias"] == "alias2"
+        assert (await raw_row(stored_url, new.keyid))["passphrase_alias"] == "alias2"
 
     run(scenario())
 
@@ -441,7 +518,9 @@ def test_constructor_refuses_unusable_default_alias() -> None:
         LocalKeyService(engine, {"a" * 51: "x"}, "a" * 51)
 
 
-def test_decrypted_keys_are_cached(sql_url: str, gun: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decrypted_keys_are_cached(
+    stored_url: str, gun: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[int] = []
     real = jwe.decrypt
 
@@ -452,11 +531,11 @@ def test_decrypted_keys_are_cached(sql_url: str, gun: str, monkeypatch: pytest.M
     monkeypatch.setattr(jwe, "decrypt", counting)
 
     async def scenario() -> None:
-        async with opened(sql_url) as keys:
+        async with opened(stored_url) as keys:
             key = await keys.create_key(gun, "timestamp")
             assert await signs(keys, key)  # created here: cached without a decrypt
         assert calls == []
-        async with opened(sql_url, cache_size=1) as keys:
+        async with opened(stored_url, cache_size=1) as keys:
             other = await keys.create_key(gun, "snapshot")  # fills the one-entry cache
             for _ in range(3):
                 assert await signs(keys, key)
@@ -467,29 +546,29 @@ def test_decrypted_keys_are_cached(sql_url: str, gun: str, monkeypatch: pytest.M
     run(scenario())
 
 
-def test_last_used_is_refreshed_coarsely(sql_url: str, gun: str) -> None:
+def test_last_used_is_refreshed_coarsely(stored_url: str, gun: str) -> None:
     now = [datetime(2030, 1, 1, 12, 0, 0)]
 
     async def scenario() -> None:
-        async with opened(sql_url, clock=lambda: now[0]) as keys:
+        async with opened(stored_url, clock=lambda: now[0]) as keys:
             key = await keys.create_key(gun, "timestamp")
-            assert (await raw_row(sql_url, key.keyid))["last_used"] is None
+            assert (await raw_row(stored_url, key.keyid))["last_used"] is None
             await keys.sign(key.keyid, MESSAGE)
-            assert (await raw_row(sql_url, key.keyid))["last_used"] == now[0]
+            assert (await raw_row(stored_url, key.keyid))["last_used"] == now[0]
             first = now[0]
             now[0] += timedelta(minutes=30)
             await keys.sign(key.keyid, MESSAGE)
-            assert (await raw_row(sql_url, key.keyid))["last_used"] == first
+            assert (await raw_row(stored_url, key.keyid))["last_used"] == first
             now[0] += timedelta(minutes=31)
             await keys.sign(key.keyid, MESSAGE)
-            assert (await raw_row(sql_url, key.keyid))["last_used"] == now[0]
+            assert (await raw_row(stored_url, key.keyid))["last_used"] == now[0]
 
     run(scenario())
 
 
-def test_a_key_deleted_elsewhere_stops_signing_here(sql_url: str, gun: str) -> None:
+def test_a_key_deleted_elsewhere_stops_signing_here(stored_url: str, gun: str) -> None:
     async def scenario() -> None:
-        async with opened(sql_url) as one, opened(sql_url) as two:
+        async with opened(stored_url) as one, opened(stored_url) as two:
             key = await one.create_key(gun, "timestamp")
             assert await signs(one, key)  # cached in `one`
             await two.delete_key(key.keyid)
@@ -499,38 +578,32 @@ def test_a_key_deleted_elsewhere_stops_signing_here(sql_url: str, gun: str) -> N
     run(scenario())
 
 
-def test_rows_that_do_not_match_their_key_id_are_refused(sql_url: str, gun: str) -> None:
+def test_rows_that_do_not_match_their_key_id_are_refused(stored_url: str, gun: str) -> None:
     """A row whose private key is another key's must not sign under the row's ID."""
 
     async def scenario() -> None:
-        async with opened(sql_url) as keys:
+        async with opened(stored_url) as keys:
             victim = await keys.create_key(gun, "timestamp")
             other = await keys.create_key(gun, "snapshot")
-        engine = create_async_engine(sql_url)
-        try:
-            async with engine.begin() as conn:
-                stolen = (await raw_row(sql_url, other.keyid))["private"]
-                update = private_keys.update().where(private_keys.c.key_id == victim.keyid)
-                await conn.execute(update.values(private=stolen))
-        finally:
-            await engine.dispose()
-        async with opened(sql_url) as keys:
+        stolen = (await raw_row(stored_url, other.keyid))["private"]
+        await tamper(stored_url, victim.keyid, private=stolen)
+        async with opened(stored_url) as keys:
             with pytest.raises(KeyDecryptionError, match="does not match"):
                 await keys.sign(victim.keyid, MESSAGE)
 
     run(scenario())
 
 
-def test_concurrent_create_key(sql_url: str, gun: str) -> None:
+def test_concurrent_create_key(stored_url: str, gun: str) -> None:
     """One instance: concurrent calls agree on one key. Two instances on one database
     (two server processes) may race and each create a key: both are stored, valid and
     usable, and later calls settle on one of them. notary-signer behaves the same."""
 
     async def scenario() -> None:
-        async with opened(sql_url) as one, opened(sql_url) as two:
+        async with opened(stored_url) as one, opened(stored_url) as two:
             same = await asyncio.gather(*(one.create_key(gun, "timestamp") for _ in range(8)))
             assert len(set(same)) == 1
-            assert len(await raw_rows(sql_url, gun)) == 1
+            assert len(await raw_rows(stored_url, gun)) == 1
             await one.sign(same[0].keyid, MESSAGE)  # used: the race below creates anew
             a, b = await asyncio.gather(
                 one.create_key(gun, "timestamp"), two.create_key(gun, "timestamp")
@@ -539,7 +612,7 @@ def test_concurrent_create_key(sql_url: str, gun: str) -> None:
             for key in {a, b}:
                 assert await two.public_key(key.keyid) == key
                 assert await signs(one, key)
-            unused = [r for r in await raw_rows(sql_url, gun) if r["last_used"] is None]
+            unused = [r for r in await raw_rows(stored_url, gun) if r["last_used"] is None]
             assert unused == []  # both just signed
             settled = await asyncio.gather(
                 one.create_key(gun, "snapshot"), one.create_key(gun, "snapshot")
@@ -786,3 +859,97 @@ def test_shares_private_keys_with_real_notary_signer(
                 assert await keys.create_key(vouch_gun, "timestamp", alg) != vouch_keys[alg]
 
     run(vouch_uses())
+
+
+# -- CouchDB: documents checked against their key ID, deletions that survive replication ----
+
+
+def test_couch_document_whose_public_key_is_not_its_key_id_is_refused(
+    couch_url: str, gun: str
+) -> None:
+    """A key database writer swaps in another key pair under a victim's key ID (public
+    and private both: the private key matches the public one), or serves a document with
+    another key's ID: the key is neither served nor used to sign."""
+
+    async def scenario() -> None:
+        async with opened(couch_url) as keys:
+            victim = await keys.create_key(gun, "timestamp")
+            other = await keys.create_key(gun, "snapshot")
+        theirs = couch_doc(couch_url, other.keyid)
+        await tamper(
+            couch_url,
+            victim.keyid,
+            public=base64.b64decode(theirs["public"]),
+            private=theirs["private"].encode(),
+        )
+        async with opened(couch_url) as keys:
+            for call in (
+                keys.sign(victim.keyid, MESSAGE),
+                keys.public_key(victim.keyid),
+                keys.key_info(victim.keyid),
+                keys.get_key(gun, "timestamp"),
+            ):
+                with pytest.raises(KeyDecryptionError, match="does not hash to its key ID"):
+                    await call
+            assert await signs(keys, other)
+        await tamper(couch_url, other.keyid, key_id=victim.keyid)
+        async with opened(couch_url) as keys:
+            with pytest.raises(KeyDecryptionError, match="names another key"):
+                await keys.sign(other.keyid, MESSAGE)
+
+    run(scenario())
+
+
+def test_couch_deletion_in_a_conflicting_revision_wins(couch_url: str, gun: str) -> None:
+    """Two regions: one deletes a key while the other records a signature with it. After
+    replication the document has two revisions; whichever CouchDB picks as the winner,
+    the key never signs again, and the revisions are merged into a deleted one."""
+
+    async def scenario() -> None:
+        async with opened(couch_url) as keys:
+            key = await keys.create_key(gun, "timestamp")
+        name = couch_url.rsplit("/", 1)[1]
+        base = couch_doc(couch_url, key.keyid)
+        gen = int(base["_rev"].split("-")[0]) + 1
+        used = {**base, "last_used": "2030-01-01T00:00:00.000000Z", "_rev": f"{gen}-{'f' * 32}"}
+        deleted = {**base, "deleted": "2030-01-01T00:00:01.000000Z", "_rev": f"{gen}-{'0' * 32}"}
+        # new_edits=false stores both as replication would: the used one wins (higher rev).
+        resp = ch.couch(
+            "POST", f"/{name}/_bulk_docs", {"docs": [used, deleted], "new_edits": False}
+        )
+        resp.raise_for_status()
+        winner = ch.couch("GET", f"/{name}/{doc_id(key.keyid)}?conflicts=true").json()
+        assert winner["deleted"] is None and winner["_conflicts"]
+        async with opened(couch_url) as keys:
+            with pytest.raises(KeyNotFoundError):
+                await keys.sign(key.keyid, MESSAGE)
+            assert await keys.public_key(key.keyid) is None
+        merged = ch.couch("GET", f"/{name}/{doc_id(key.keyid)}?conflicts=true").json()
+        assert merged["deleted"] == deleted["deleted"] and "_conflicts" not in merged
+        assert merged["last_used"] == used["last_used"]
+        async with opened(couch_url) as keys:
+            assert await keys.get_key(gun, "timestamp") is None
+            assert await keys.create_key(gun, "timestamp") != key
+
+    run(scenario())
+
+
+def test_couch_failures_are_unavailable_errors(gun: str) -> None:
+    async def scenario() -> None:
+        with pytest.raises(KeyServiceUnavailableError, match="key database"):
+            await CouchKeyService.open("http://127.0.0.1:1/keys", PASSPHRASES, ALIAS)
+        name = ch.new_db_name("vouch_keys")
+        with pytest.raises(KeyServiceUnavailableError, match="does not exist"):
+            await CouchKeyService.open(ch.store_url(name), PASSPHRASES, ALIAS, create=False)
+
+    run(scenario())
+
+
+def test_couch_key_database_names() -> None:
+    from vouch.keyservice.couch import key_target, keys_beside
+
+    assert key_target("https://u:p@couch.example.com:6984/").database == "vouch_keys"
+    assert key_target("couchdbs://couch.example.com/signer_keys").database == "signer_keys"
+    beside = keys_beside("couchdbs://u:p@couch.example.com/vouch?cacert=/ca.pem")
+    assert (beside.database, beside.cacert, beside.username) == ("vouch_keys", "/ca.pem", "u")
+    assert beside.server == "https://couch.example.com:6984/"
