@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import couchdb_harness as ch
 from notary_harness import free_port
 from vouch.cli.signer_cmd import signer as signer_cli
 from vouch.crypto.privkey import PrivateKey
@@ -43,6 +44,7 @@ from vouch.keyservice import (
     UnsupportedAlgorithmError,
     sign_metadata,
 )
+from vouch.keyservice.couch import CouchKeyService, key_target
 from vouch.keyservice.remote import MIN_CHANNEL_AGE, RemoteKeyService
 from vouch.keyservice.schema import private_keys
 from vouch.signer import ConfigError, SignerConfig, config_from_dict, load_config
@@ -789,6 +791,50 @@ def test_open_key_service_memory_and_bad_alias(tmp_path: Path, tls: MTLSBundle) 
             database_target(replace(bad, db_url="postgres://h/db"))
 
     run(scenario())
+
+
+def test_couchdb_backend_from_a_notary_style_config(tmp_path: Path, tls: MTLSBundle) -> None:
+    """``{"backend": "couchdb", "db_url": …}``: a URL naming only the server means the
+    database ``vouch_keys``; one naming a database uses it; a bad URL or a missing
+    database (without create) is a clear error; the store is the CouchDB key service."""
+    ch.require_couch()
+    server = {"grpc_addr": ":7899", "tls_cert_file": "c", "tls_key_file": "k"}
+    storage = {"backend": "couchdb", "db_url": "https://u:p@couch.example.com:6984/"}
+    with pytest.raises(ConfigError, match="default alias"):
+        config_from_dict({"server": server, "storage": storage}, tmp_path, {})
+    storage["default_alias"] = "main"
+    config = config_from_dict({"server": server, "storage": storage}, tmp_path, {})
+    assert (config.backend, config.db_url) == ("couchdb", storage["db_url"])
+    assert key_target(storage["db_url"]).database == "vouch_keys"
+    with pytest.raises(ConfigError, match="no SQL database"):
+        database_target(config)
+    name = ch.new_db_name("vouch_signer_cfg")
+
+    async def scenario() -> None:
+        on_couch = config_for(
+            tls,
+            backend="couchdb",
+            db_url=ch.store_url(name),
+            default_alias="main",
+            passphrases={"main": "pass-main-1"},
+        )
+        with pytest.raises(KeyServiceUnavailableError, match="does not exist"):
+            await open_key_service(on_couch, create_table=False)
+        with pytest.raises(ConfigError, match=r"storage\.db_url"):
+            await open_key_service(replace(on_couch, db_url="couchdb://h/Upper"))
+        keys = await open_key_service(on_couch)
+        try:
+            assert isinstance(keys, CouchKeyService)
+            key = await keys.create_key(GUN, "timestamp", "ed25519")
+            sig = await keys.sign(key.keyid, b"m")
+            assert verify(key, sig.method, sig.signature_bytes, b"m")
+        finally:
+            await keys.close()
+
+    try:
+        run(scenario())
+    finally:
+        ch.drop_db(name)
 
 
 # -- vouch server wiring ---------------------------------------------------------------------

@@ -34,6 +34,7 @@ import asyncpg
 import pymysql
 import pytest
 
+import couchdb_harness as ch
 from notary_harness import (
     NOTARY_BIN,
     NOTARY_SERVER_BIN,
@@ -46,9 +47,10 @@ from notary_harness import (
 )
 from procs import Managed, stop_process
 from vouch.keyservice import KeyServiceUnavailableError, LocalKeyService
+from vouch.keyservice.couch import CouchKeyService
 from vouch.keyservice.remote import MIN_CHANNEL_AGE, RemoteKeyService
 from vouch.signer.certs import MTLSBundle, issue_mtls_bundle
-from vouch.tuf.keys import Key
+from vouch.tuf.keys import Key, verify
 from vouch.tuf.metadata import Metadata, Root, Timestamp
 from vouch_harness import VouchServer
 
@@ -384,3 +386,75 @@ def test_vouch_server_with_notary_signer_outage_restart_and_handover(
             # The key notary-signer created (jose2go's JWE) now signs in vouch signer.
             assert assert_signed_by(ts3, keyids, asyncio.run(held_keys())) == signer_key
             assert ts3.signed.version == ts2.signed.version + 1
+
+
+def test_notary_server_signs_with_vouch_signer_on_couchdb(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """``vouch signer`` with notary-style ``{"backend": "couchdb", "db_url": …}`` as a
+    process behind the real notary-server: the notary CLI publishes, the served timestamp
+    is signed by a key stored (JWE-encrypted) as a document in the CouchDB key database.
+    Then ``vouch signer rotate-alias`` (a process too) re-encrypts every key under a new
+    alias while the signer runs, and the keys sign with the new passphrase alone."""
+    ch.require_couch()
+    name = ch.new_db_name("vouch_signer_keys")
+    request.addfinalizer(lambda: ch.drop_db(name))
+    tls = issue_mtls_bundle(tmp_path / "tls")
+    port = free_port()
+    config = signer_config(
+        tmp_path / "signer" / "signer.json", tls, port, "couchdb", ch.store_url(name)
+    )
+    passphrase, new_passphrase = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    env = {**os.environ, f"NOTARY_SIGNER_{ALIAS.upper()}": passphrase}
+    gun = "example.com/vouch-signer-couch/app"
+    with (
+        SignerProcess(vouch_signer_argv(config), env, tls, port, config.with_suffix(".log")) as sp,
+        NotaryServer(
+            tmp_path / "notary-server", extra_config={"trust_service": trust_service(tls, port)}
+        ) as server,
+    ):
+        cli = NotaryCLI(server.url, tmp_path / "trust")
+        cli.run("init", gun, "-p")
+        publish(cli, gun, "v1", tmp_path)
+        assert "v1" in cli.run("list", gun).stdout
+        ts, keyids = timestamp_keys(server.url, gun)
+        docs = [d for d in ch.all_docs(name) if d.get("type") == "private_key"]
+        held = {d["key_id"]: Key(d["algorithm"], d["public"]) for d in docs if d["gun"] == gun}
+        signer_key = assert_signed_by(ts, keyids, held)
+        doc = next(d for d in docs if d["key_id"] == signer_key)
+        assert doc["_id"] == f"key:{signer_key}"
+        assert (doc["role"], doc["passphrase_alias"], doc["deleted"]) == ("timestamp", ALIAS, None)
+        assert doc["last_used"] is not None
+        assert doc["private"].count(".") == 4  # a JWE, not a key in clear
+        assert passphrase not in sp.log()
+
+        # -- rotate-alias on CouchDB, the signer running ------------------------------------
+        rotate = subprocess.run(
+            [
+                *(str(Path(sys.executable).with_name("vouch")), "signer", "rotate-alias"),
+                *("--config", str(config), "--to", "fresh"),
+            ],
+            env={**env, "NOTARY_SIGNER_FRESH": new_passphrase},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert rotate.returncode == 0, rotate.stdout + rotate.stderr
+        assert f"re-encrypted {len(docs)} keys under 'fresh'" in rotate.stdout
+        assert passphrase not in rotate.stdout + rotate.stderr
+        publish(cli, gun, "v2", tmp_path)  # the running signer still signs
+        assert "v2" in cli.run("list", gun).stdout
+    after = [d for d in ch.all_docs(name) if d.get("type") == "private_key"]
+    assert {d["passphrase_alias"] for d in after} == {"fresh"}
+
+    async def signs_with_the_new_passphrase_only() -> None:
+        keys = await CouchKeyService.open(ch.store_url(name), {"fresh": new_passphrase}, "fresh")
+        try:
+            sig = await keys.sign(signer_key, b"after rotation")
+            assert held[signer_key].keyid == signer_key
+            assert verify(held[signer_key], sig.method, sig.signature_bytes, b"after rotation")
+        finally:
+            await keys.close()
+
+    asyncio.run(signs_with_the_new_passphrase_only())

@@ -72,19 +72,29 @@ def rotate_alias_cmd(config_file: Path, to_alias: str) -> None:
     swapped atomically, so running signers with both passphrases keep signing.
     """
     from vouch.keyservice.base import KeyServiceUnavailableError
-    from vouch.signer.rotate import rotate_alias
+    from vouch.keyservice.couch import key_target
+    from vouch.signer.rotate import rotate_alias, rotate_alias_couch
     from vouch.signer.storage import database_target, make_engine
 
     config = _load(config_file)
     if config.backend == "memory":
         raise click.ClickException("the memory backend stores nothing to re-encrypt")
 
+    if config.backend == "pkcs11":
+        raise click.ClickException("keys on a PKCS#11 token are not passphrase-encrypted")
+
     async def go() -> None:
-        engine = make_engine(database_target(config))
-        try:
-            report = await rotate_alias(engine, config.passphrases, to_alias)
-        finally:
-            await engine.dispose()
+        if config.backend == "couchdb":
+            assert config.db_url is not None
+            report = await rotate_alias_couch(
+                key_target(config.db_url), config.passphrases, to_alias
+            )
+        else:
+            engine = make_engine(database_target(config))
+            try:
+                report = await rotate_alias(engine, config.passphrases, to_alias)
+            finally:
+                await engine.dispose()
         click.echo(
             f"re-encrypted {len(report.rotated)} keys under {to_alias!r}; "
             f"{report.already} already were"

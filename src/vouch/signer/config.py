@@ -24,7 +24,7 @@ from typing import Any, Final, Literal
 from vouch.crypto.pkcs11token import TokenConfig
 from vouch.keyservice.local import DEFAULT_ALIAS_VAR, ENV_PREFIX, passphrases_from_env
 
-Backend = Literal["memory", "sqlite", "postgres", "mysql", "pkcs11"]
+Backend = Literal["memory", "sqlite", "postgres", "mysql", "pkcs11", "couchdb"]
 #: The token's user PIN: from the environment only, never from the config file.
 PKCS11_PIN_VAR: Final = "NOTARY_SIGNER_PKCS11_PIN"
 
@@ -37,6 +37,7 @@ _BACKENDS: Final[dict[str, Backend]] = {
     "mysql": "mysql",
     "mariadb": "mysql",
     "pkcs11": "pkcs11",
+    "couchdb": "couchdb",
 }
 #: Config keys that the environment may override, as viper's AutomaticEnv maps them.
 _ENV_KEYS: Final = (
@@ -143,12 +144,14 @@ def config_from_dict(
         raise ConfigError("server.tls_cert_file and server.tls_key_file are required")
     raw_backend = get("storage", "backend")
     if raw_backend is None:
-        raise ConfigError("storage.backend is required (memory, mysql, postgres or sqlite3)")
+        raise ConfigError(
+            "storage.backend is required (memory, mysql, postgres, sqlite3, couchdb or pkcs11)"
+        )
     backend = _BACKENDS.get(raw_backend.lower())
     if backend is None:
         raise ConfigError(
             f"{raw_backend} is not an allowed backend, must be one of: "
-            "memory, mysql, postgres, sqlite3, pkcs11"
+            "memory, mysql, postgres, sqlite3, couchdb, pkcs11"
         )
     db_url: str | None = None
     default_alias: str | None = None

@@ -26,8 +26,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from vouch.crypto import jwe
 from vouch.keyservice.base import KeyDecryptionError, KeyServiceUnavailableError
+from vouch.keyservice.couch import checked_key
 from vouch.keyservice.local import ENV_PREFIX
 from vouch.keyservice.schema import KEYWRAP_ALG, load_private, private_keys
+from vouch.storage.base import StorageError
+from vouch.storage.couchhttp import CouchClient, CouchConflictError, CouchTarget, jparams
 
 _t = private_keys.c
 
@@ -125,4 +128,87 @@ async def rotate_alias(
     return report
 
 
-__all__ = ["RotationReport", "rotate_alias"]
+async def rotate_alias_couch(
+    target: CouchTarget,
+    passphrases: Mapping[str, str],
+    to_alias: str,
+    *,
+    p2c: int = jwe.DEFAULT_P2C,
+    include_deleted: bool = True,
+) -> RotationReport:
+    """:func:`rotate_alias` on a CouchDB key database (:mod:`vouch.keyservice.couch`).
+
+    Each document is rewritten with its ``_rev``: the revision is the
+    compare-and-swap, so a document changed meanwhile (a signature's
+    ``last_used``, a delete) is reported as raced and left for the next run.
+    """
+    secrets = {alias.upper(): pw for alias, pw in passphrases.items() if pw}
+    target_alias = to_alias.upper()
+    if not to_alias or len(to_alias) > 50:
+        raise ValueError("the alias must be 1 to 50 characters")
+    new_passphrase = secrets.get(target_alias)
+    if not new_passphrase:
+        raise ValueError(f"no passphrase for alias {to_alias!r} (set {ENV_PREFIX}{target_alias})")
+    report = RotationReport()
+    db = CouchClient(target)
+    try:
+        try:
+            params = jparams(include_docs=True, startkey="key:", endkey="key:\ufff0")
+            body = await db.get_json(f"{db.db_path}/_all_docs", "list keys", params=params)
+        except StorageError as exc:
+            raise KeyServiceUnavailableError(f"key database error: {exc}") from None
+        for row in body.get("rows", []):
+            doc = row.get("doc")
+            if not isinstance(doc, dict) or doc.get("type") != "private_key":
+                continue
+            key_id = str(doc.get("key_id"))
+            if doc.get("deleted") and not include_deleted:
+                continue
+            alias = doc.get("passphrase_alias")
+            private = doc.get("private")
+            if not isinstance(alias, str) or not isinstance(private, str):
+                report.failed[key_id] = "malformed key document"
+                continue
+            if alias.upper() == target_alias:
+                report.already += 1
+                continue
+            old_passphrase = secrets.get(alias.upper())
+            if not old_passphrase:
+                report.failed[key_id] = f"no passphrase for alias {alias!r}"
+                continue
+            try:
+                if doc.get("_id") != f"key:{key_id}":
+                    raise KeyDecryptionError(f"key {key_id}: its document names another key")
+                _, public = checked_key(key_id, doc.get("algorithm"), doc.get("public"))
+                plaintext = await asyncio.to_thread(jwe.decrypt, private.encode(), old_passphrase)
+                load_private(key_id, str(doc["algorithm"]), public, plaintext)
+                token = await asyncio.to_thread(jwe.encrypt, plaintext, new_passphrase, p2c=p2c)
+            except jwe.WrongPassphraseError:
+                report.failed[key_id] = f"wrong passphrase for alias {alias!r}"
+                continue
+            except (jwe.JWEError, KeyDecryptionError, UnicodeEncodeError) as exc:
+                report.failed[key_id] = str(exc)
+                continue
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            swapped = {
+                **doc,
+                "private": token,
+                "passphrase_alias": to_alias,
+                "keywrap_alg": KEYWRAP_ALG,
+                "updated_at": now,
+            }
+            try:
+                await db.request("PUT", db.doc_path(str(doc["_id"])), "re-encrypt", body=swapped)
+            except CouchConflictError:
+                report.raced.append(key_id)
+                continue
+            except StorageError as exc:
+                report.failed[key_id] = f"update failed: {type(exc).__name__}"
+                continue
+            report.rotated.append(key_id)
+    finally:
+        await db.close()
+    return report
+
+
+__all__ = ["RotationReport", "rotate_alias", "rotate_alias_couch"]

@@ -1,10 +1,15 @@
-"""Open the signer's key store from its config: notary-signer's table, or memory.
+"""Open the signer's key store from its config: notary-signer's table, CouchDB, or memory.
 
 The SQL backends use :class:`~vouch.keyservice.local.LocalKeyService`, whose
 ``private_keys`` rows are notary-signer's own, so a vouch signer and a
 notary-signer can take turns on one database (both directions). The URL goes
 through :func:`vouch.storage.urls.translate`, so notary's ``db_url`` forms
 (libpq URLs with ``sslmode``, Go MySQL DSNs with ``tls=``) work unchanged.
+
+The ``couchdb`` backend (a vouch addition) uses
+:class:`~vouch.keyservice.couch.CouchKeyService`: the same JWE-encrypted keys,
+one document each, in the database the URL's path names, or ``vouch_keys``
+when the URL names only the server (``https://user:pass@host:6984/``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from vouch.crypto.pkcs11token import TokenError
 from vouch.keyservice.base import KeyService, KeyServiceUnavailableError
+from vouch.keyservice.couch import CouchKeyService, key_target
 from vouch.keyservice.local import LocalKeyService
 from vouch.keyservice.memory import MemoryKeyService
 from vouch.keyservice.pkcs11 import Pkcs11KeyService
@@ -27,11 +33,15 @@ def database_target(config: SignerConfig) -> DatabaseTarget:
     """The SQLAlchemy target of a SQL backend's ``db_url``."""
     if config.db_url is None:
         raise ConfigError("the memory backend has no database")
+    if config.backend == "couchdb":
+        raise ConfigError("the couchdb backend has no SQL database")
     url = config.db_url
     if config.backend == "sqlite" and "://" not in url:
         url = f"sqlite:///{url}"
     target = translate(url)
-    expected = {"sqlite": "sqlite", "postgres": "postgresql", "mysql": "mysql"}[config.backend]
+    expected = {"sqlite": "sqlite", "postgres": "postgresql", "mysql": "mysql"}.get(
+        config.backend, ""
+    )
     if target.dialect != expected:
         raise ConfigError(f"storage.db_url is a {target.dialect} URL but the backend is {expected}")
     return target
@@ -81,6 +91,17 @@ async def open_key_service(config: SignerConfig, *, create_table: bool = True) -
         except TokenError as exc:
             raise ConfigError(f"pkcs11: {exc}") from None
     assert config.default_alias is not None  # config_from_dict guarantees it
+    if config.backend == "couchdb":
+        assert config.db_url is not None
+        try:
+            return await CouchKeyService.open(
+                key_target(config.db_url),
+                config.passphrases,
+                config.default_alias,
+                create=create_table,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"storage.db_url: {exc}") from None
     engine = make_engine(database_target(config))
     try:
         service = LocalKeyService(
