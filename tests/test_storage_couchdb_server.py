@@ -7,8 +7,10 @@ witness, list, lookup, in two GUNs) must give what it gives on Debian's
 notary-server. Then the server is replaced by a new process configured by a
 notary-server style config (``"storage": {"backend": "couchdb", "db_url": …}``)
 on the same database: it serves the same data, takes a further publish (which needs
-the server-held snapshot and timestamp keys, kept in the data dir) and reports it
-in the changefeed. The metadata must be in CouchDB, not in a file in the data dir.
+the server-held snapshot and timestamp keys) and reports it in the changefeed. The
+metadata must be in CouchDB, and so must the server-managed keys (no ``keys.url``:
+the key database beside the metadata database, ``<database>_keys``), not in files
+in the data dir.
 
 A CouchDB-protocol server that cannot be reached FAILS these tests.
 """
@@ -41,6 +43,7 @@ def test_notary_scenario_on_couchdb(
     ch.require_couch()
     name = ch.new_db_name("vouch_srv")
     request.addfinalizer(lambda: ch.drop_db(name))
+    request.addfinalizer(lambda: ch.drop_db(f"{name}_keys"))
     # The couchdb:// form on the command line (credentials, if any, as the test server's).
     couch = httpx.URL(ch.COUCH_URL)
     userinfo = f"{couch.userinfo.decode()}@" if couch.userinfo else ""
@@ -69,6 +72,13 @@ def test_notary_scenario_on_couchdb(
             assert batches, f"nothing of {gun} in {name}"
             assert sorted(b["seq"] for b in batches) == list(range(1, len(batches) + 1))
         assert not (server.workdir / "data" / "vouch.db").exists()
+        # The server-managed keys too: JWE-encrypted documents in <database>_keys.
+        assert not (server.workdir / "data" / "keys.db").exists()
+        key_docs = [d for d in ch.all_docs(f"{name}_keys") if d.get("type") == "private_key"]
+        held = {(d["gun"], d["role"]) for d in key_docs}
+        assert {(CORPUS_GUN, "timestamp"), (CORPUS_GUN, "snapshot")} <= held, held
+        assert all(d["private"].count(".") == 4 for d in key_docs)  # JWEs, not keys in clear
+        assert any(d["last_used"] for d in key_docs if d["role"] == "snapshot")
         server.stop()
 
         # A new process from a notary-server config naming the same database.

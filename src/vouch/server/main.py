@@ -70,7 +70,11 @@ async def open_components(
     if settings.keys.type == "memory":
         keys = MemoryKeyService()
     elif settings.keys.type == "local":
-        keys = await open_local_keys(settings, echo)
+        try:
+            keys = await open_local_keys(settings, echo, create=create)
+        except BaseException:
+            await store.close()
+            raise
     else:
         from vouch.keyservice.remote import RemoteKeyService
 
@@ -89,13 +93,42 @@ async def open_components(
     return store, keys
 
 
-async def open_local_keys(settings: ServerSettings, echo: Callable[[str], Any]) -> KeyService:
-    """The local key service on the key database (by default the metadata database)."""
+async def open_local_keys(
+    settings: ServerSettings, echo: Callable[[str], Any], *, create: bool = True
+) -> KeyService:
+    """The local key service on the key database.
+
+    ``keys.url`` names it: an SQL URL (``private_keys`` table) or a CouchDB URL
+    (database from the URL's path, ``vouch_keys`` if it names only the server).
+    Unset: with CouchDB metadata storage, the database ``<metadata database>_keys``
+    on the same server; otherwise ``keys.db`` in the data directory.
+    """
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from vouch.keyservice.local import LocalKeyService
+    from vouch.storage.couchhttp import is_couch_url
     from vouch.storage.urls import translate
 
+    if is_couch_url(settings.keys.url) or (
+        not settings.keys.url and is_couch_url(settings.storage.url)
+    ):
+        from vouch.keyservice.base import KeyServiceError
+        from vouch.keyservice.couch import CouchKeyService, key_target, keys_beside
+
+        try:
+            couch = (
+                key_target(settings.keys.url)
+                if settings.keys.url
+                else keys_beside(settings.storage.url)
+            )
+            return await CouchKeyService.open(
+                couch,
+                local_passphrases(settings, echo),
+                settings.keys.default_alias,
+                create=create,
+            )
+        except (ValueError, KeyServiceError) as exc:
+            raise SystemExit(f"keys: {exc}") from None
     url = settings.key_url()
     if url == "memory":
         raise SystemExit("the local key service needs a database; set keys.url or storage.url")
