@@ -953,3 +953,33 @@ def test_couch_key_database_names() -> None:
     beside = keys_beside("couchdbs://u:p@couch.example.com/vouch?cacert=/ca.pem")
     assert (beside.database, beside.cacert, beside.username) == ("vouch_keys", "/ca.pem", "u")
     assert beside.server == "https://couch.example.com:6984/"
+
+
+def test_vouch_server_keys_url_on_couchdb(couch_url: str, tmp_path: Path) -> None:
+    """``keys.url`` naming a CouchDB database opens the CouchDB key service there (with
+    SQL metadata); a malformed CouchDB URL stops the start with a clear message."""
+    from vouch.server.main import open_components
+    from vouch.server.settings import ServerSettings
+
+    async def scenario() -> None:
+        settings = ServerSettings(
+            data_dir=tmp_path / "data",
+            storage={"url": f"sqlite:///{tmp_path / 'meta.db'}"},  # type: ignore[arg-type]
+            keys={"url": couch_url, "passphrases": {"vouch": "pw-1234"}},  # type: ignore[arg-type]
+        )
+        store, keys = await open_components(settings, echo=lambda _: None)
+        try:
+            assert isinstance(keys, CouchKeyService)
+            key = await keys.create_key("example.com/wired", "timestamp")
+        finally:
+            await store.close()
+            await keys.close()
+        assert couch_doc(couch_url, key.keyid)["gun"] == "example.com/wired"
+        assert not (tmp_path / "data" / "keys.db").exists()
+        bad = settings.model_copy(
+            update={"keys": settings.keys.model_copy(update={"url": "couchdb://h/Bad"})}
+        )
+        with pytest.raises(SystemExit, match="keys: CouchDB database names"):
+            await open_components(bad, echo=lambda _: None)
+
+    run(scenario())
