@@ -29,7 +29,6 @@ import base64
 import binascii
 import contextlib
 import weakref
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Self
@@ -45,21 +44,16 @@ from vouch.keyservice.base import (
     KeyInfo,
     KeyNotFoundError,
     KeyServiceUnavailableError,
-    ServiceSigner,
     check_algorithm,
     check_names,
     generate,
     make_signature,
 )
-from vouch.keyservice.local import (
-    DEFAULT_CACHE_SIZE,
-    ENV_PREFIX,
-    LAST_USED_RESOLUTION,
-)
+from vouch.keyservice.encrypted import DEFAULT_CACHE_SIZE, EncryptedKeys
+from vouch.keyservice.local import LAST_USED_RESOLUTION
 from vouch.keyservice.schema import (
     ENCRYPTION_ALG,
     KEYWRAP_ALG,
-    load_private,
     private_plaintext,
     public_key_of,
 )
@@ -169,14 +163,7 @@ def checked_key(key_id: str, algorithm: Any, public: Any) -> tuple[Key, bytes]:
     return key, raw
 
 
-class _Passphrases(dict[str, str]):
-    """Alias → passphrase that never shows its values in a repr or a traceback."""
-
-    def __repr__(self) -> str:
-        return f"<passphrases for {len(self)} aliases>"
-
-
-class CouchKeyService:
+class CouchKeyService(EncryptedKeys[dict[str, Any]]):
     """:class:`~vouch.keyservice.base.KeyService` over a CouchDB database of key documents.
 
     Same contract and concurrency as :class:`~vouch.keyservice.local.LocalKeyService`:
@@ -195,22 +182,9 @@ class CouchKeyService:
         clock: Callable[[], datetime] = _now,  # naive UTC, as stored
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._passphrases = _Passphrases({a.upper(): pw for a, pw in passphrases.items()})
-        if not default_alias or len(default_alias) > 50:
-            raise ValueError("the default passphrase alias must be 1 to 50 characters")
-        if not self._passphrases.get(default_alias.upper()):
-            raise ValueError(
-                f"no passphrase for the default alias {default_alias!r}"
-                f" (set {ENV_PREFIX}{default_alias.upper()})"
-            )
-        self._default_alias = default_alias
+        super().__init__(passphrases, default_alias, cache_size=cache_size, p2c=p2c, clock=clock)
         self.target = target
         self._db = CouchClient(target, transport=transport)
-        self._reads: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
-        self._cache: OrderedDict[str, PrivateKey] = OrderedDict()
-        self._cache_size = cache_size
-        self._p2c = p2c
-        self._clock = clock
         self._create_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -406,13 +380,8 @@ class CouchKeyService:
         return merged
 
     async def _signing_doc(self, key_id: str) -> dict[str, Any] | None:
-        """The document a signature needs, read once for all Sign calls waiting on it."""
-        pending = self._reads.get(key_id)
-        if pending is None:
-            pending = asyncio.ensure_future(self._doc(key_id))
-            self._reads[key_id] = pending
-            pending.add_done_callback(lambda _f: self._reads.pop(key_id, None))
-        return await asyncio.shield(pending)
+        """The document a signature needs (one read shared by concurrent Sign calls)."""
+        return await self._shared_read(key_id, lambda: self._doc(key_id))
 
     async def key_info(self, key_id: str) -> KeyInfo | None:
         doc = await self._doc(key_id)
@@ -439,12 +408,7 @@ class CouchKeyService:
         doc = await self._signing_doc(key_id)
         if doc is None:
             raise KeyNotFoundError(f"signing key not found: {key_id}")
-        key = self._cache.get(key_id)
-        if key is None:
-            key = await self._decrypt(key_id, doc)
-            self._remember(key)
-        else:
-            self._cache.move_to_end(key_id)
+        key = await self._decrypt(key_id, doc)
         signature = make_signature(key, message, key_id)
         now = self._clock()
         last = _parse_time(doc.get("last_used"), key_id, "last_used")
@@ -473,32 +437,12 @@ class CouchKeyService:
     async def _decrypt(self, key_id: str, doc: dict[str, Any]) -> PrivateKey:
         alias = doc.get("passphrase_alias")
         private = doc.get("private")
-        if not isinstance(alias, str) or not isinstance(private, str):
+        if not isinstance(alias, str) or not isinstance(private, str) or not private.isascii():
             raise KeyDecryptionError(f"key {key_id}: malformed key document")
-        passphrase = self._passphrases.get(alias.upper())
-        if not passphrase:
-            raise KeyDecryptionError(
-                f"key {key_id}: no passphrase for alias {alias!r} (set {ENV_PREFIX}{alias.upper()})"
-            )
-        try:
-            plaintext = await asyncio.to_thread(jwe.decrypt, private.encode("ascii"), passphrase)
-        except jwe.WrongPassphraseError:
-            raise KeyDecryptionError(
-                f"key {key_id}: wrong passphrase for alias {alias!r}"
-            ) from None
-        except (jwe.JWEError, UnicodeEncodeError) as exc:
-            raise KeyDecryptionError(f"key {key_id}: unreadable private key: {exc}") from None
         _, public = checked_key(key_id, doc.get("algorithm"), doc.get("public"))
-        return load_private(key_id, str(doc["algorithm"]), public, plaintext)
-
-    def _remember(self, key: PrivateKey) -> None:
-        self._cache[key.keyid] = key
-        self._cache.move_to_end(key.keyid)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-
-    def signer(self, key_id: str) -> ServiceSigner:
-        return ServiceSigner(self, key_id)
+        return await self._private_key(
+            key_id, alias, private.encode("ascii"), str(doc["algorithm"]), public
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 

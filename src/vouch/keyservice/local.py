@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import weakref
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -28,24 +27,22 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from vouch.crypto import jwe
-from vouch.crypto.privkey import PrivateKey, public_der
+from vouch.crypto.privkey import public_der
 from vouch.keyservice.base import (
     DEFAULT_ALGORITHM,
     MAX_NAME,
-    KeyDecryptionError,
     KeyInfo,
     KeyNotFoundError,
     KeyServiceUnavailableError,
-    ServiceSigner,
     check_algorithm,
     check_names,
     generate,
     make_signature,
 )
+from vouch.keyservice.encrypted import DEFAULT_CACHE_SIZE, ENV_PREFIX, EncryptedKeys
 from vouch.keyservice.schema import (
     ENCRYPTION_ALG,
     KEYWRAP_ALG,
-    load_private,
     metadata,
     private_keys,
     private_plaintext,
@@ -54,14 +51,12 @@ from vouch.keyservice.schema import (
 from vouch.tuf.keys import Key
 from vouch.tuf.metadata import Signature
 
-ENV_PREFIX: Final = "NOTARY_SIGNER_"
 DEFAULT_ALIAS_VAR: Final = "NOTARY_SIGNER_DEFAULT_ALIAS"
 PKCS11_PREFIX: Final = "NOTARY_SIGNER_PKCS11_"
 #: ``last_used`` is refreshed at most this often: the first signature is what
 #: matters (it stops reuse), later ones only keep the column roughly current
 #: without a database write per signature.
 LAST_USED_RESOLUTION: Final = timedelta(hours=1)
-DEFAULT_CACHE_SIZE: Final = 1024
 
 _t = private_keys.c
 _LIVE = _t.deleted_at.is_(None)
@@ -100,14 +95,7 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
-class _Passphrases(dict[str, str]):
-    """Alias → passphrase that never shows its values in a repr or a traceback."""
-
-    def __repr__(self) -> str:
-        return f"<passphrases for {len(self)} aliases>"
-
-
-class LocalKeyService:
+class LocalKeyService(EncryptedKeys["Row[Any]"]):
     """:class:`~vouch.keyservice.base.KeyService` over the ``private_keys`` table.
 
     ``passphrases`` maps alias → passphrase (case-insensitive alias);
@@ -133,22 +121,9 @@ class LocalKeyService:
         clock: Callable[[], datetime] = _now,  # naive UTC, as stored
         owns_engine: bool = False,
     ) -> None:
+        super().__init__(passphrases, default_alias, cache_size=cache_size, p2c=p2c, clock=clock)
         self._engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._reads: dict[str, asyncio.Future[Row[Any] | None]] = {}
-        self._passphrases = _Passphrases({a.upper(): pw for a, pw in passphrases.items()})
-        if not default_alias or len(default_alias) > 50:
-            raise ValueError("the default passphrase alias must be 1 to 50 characters")
-        if not self._passphrases.get(default_alias.upper()):
-            raise ValueError(
-                f"no passphrase for the default alias {default_alias!r}"
-                f" (set {ENV_PREFIX}{default_alias.upper()})"
-            )
-        self._default_alias = default_alias
-        self._cache: OrderedDict[str, PrivateKey] = OrderedDict()
-        self._cache_size = cache_size
-        self._p2c = p2c
-        self._clock = clock
         self._owns_engine = owns_engine
         self._create_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -272,20 +247,8 @@ class LocalKeyService:
         return row if row is not None and row.key_id == key_id else None
 
     async def _signing_row(self, key_id: str) -> Row[Any] | None:
-        """The row a signature needs, read once for all Sign calls waiting on it.
-
-        Concurrent signatures with one key (a busy server's timestamp key) join
-        the read already in flight instead of each paying a query: under load
-        that read, not the signature, was the signer's cost. Each signature
-        uses a read that was in flight or started when it arrived, so a key
-        deleted through any instance stops signing within one query's time.
-        """
-        pending = self._reads.get(key_id)
-        if pending is None:
-            pending = asyncio.ensure_future(self._row(key_id, *_SIGNING_COLUMNS))
-            self._reads[key_id] = pending
-            pending.add_done_callback(lambda _f: self._reads.pop(key_id, None))
-        return await asyncio.shield(pending)
+        """The row a signature needs (one read shared by concurrent Sign calls)."""
+        return await self._shared_read(key_id, lambda: self._row(key_id, *_SIGNING_COLUMNS))
 
     async def key_info(self, key_id: str) -> KeyInfo | None:
         row = await self._row(key_id, *_INFO_COLUMNS)
@@ -304,12 +267,9 @@ class LocalKeyService:
         row = await self._signing_row(key_id)
         if row is None:
             raise KeyNotFoundError(f"signing key not found: {key_id}")
-        key = self._cache.get(key_id)
-        if key is None:
-            key = await self._decrypt(row)
-            self._remember(key)
-        else:
-            self._cache.move_to_end(key_id)
+        key = await self._private_key(
+            key_id, row.passphrase_alias, bytes(row.private), row.algorithm, bytes(row.public)
+        )
         signature = make_signature(key, message, key_id)
         now = self._clock()
         if row.last_used is None or now - row.last_used >= LAST_USED_RESOLUTION:
@@ -317,33 +277,6 @@ class LocalKeyService:
             async with self._connect() as conn:
                 await conn.execute(mark.values(last_used=now, updated_at=now))
         return signature
-
-    async def _decrypt(self, row: Row[Any]) -> PrivateKey:
-        alias: str = row.passphrase_alias
-        passphrase = self._passphrases.get(alias.upper())
-        if not passphrase:
-            raise KeyDecryptionError(
-                f"key {row.key_id}: no passphrase for alias {alias!r}"
-                f" (set {ENV_PREFIX}{alias.upper()})"
-            )
-        try:
-            plaintext = await asyncio.to_thread(jwe.decrypt, bytes(row.private), passphrase)
-        except jwe.WrongPassphraseError:
-            raise KeyDecryptionError(
-                f"key {row.key_id}: wrong passphrase for alias {alias!r}"
-            ) from None
-        except jwe.JWEError as exc:
-            raise KeyDecryptionError(f"key {row.key_id}: unreadable private key: {exc}") from None
-        return load_private(row.key_id, row.algorithm, bytes(row.public), plaintext)
-
-    def _remember(self, key: PrivateKey) -> None:
-        self._cache[key.keyid] = key
-        self._cache.move_to_end(key.keyid)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-
-    def signer(self, key_id: str) -> ServiceSigner:
-        return ServiceSigner(self, key_id)
 
     # -- lifecycle -----------------------------------------------------------------------
 

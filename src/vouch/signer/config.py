@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from vouch.crypto.pkcs11token import TokenConfig
-from vouch.keyservice.local import DEFAULT_ALIAS_VAR, ENV_PREFIX, passphrases_from_env
+from vouch.keyservice.encrypted import ENV_PREFIX
+from vouch.keyservice.local import DEFAULT_ALIAS_VAR, passphrases_from_env
 
 Backend = Literal["memory", "sqlite", "postgres", "mysql", "pkcs11", "couchdb"]
 #: The token's user PIN: from the environment only, never from the config file.

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from vouch.crypto import jwe
 from vouch.keyservice.base import KeyDecryptionError, KeyServiceUnavailableError
 from vouch.keyservice.couch import checked_key
-from vouch.keyservice.local import ENV_PREFIX
+from vouch.keyservice.encrypted import ENV_PREFIX
 from vouch.keyservice.schema import KEYWRAP_ALG, load_private, private_keys
 from vouch.storage.base import StorageError
 from vouch.storage.couchhttp import CouchClient, CouchConflictError, CouchTarget, jparams
