@@ -476,3 +476,31 @@ async def test_health_and_metrics() -> None:
     metrics = await client.get("/metrics")
     assert b"vouch_server_http_requests_total" in metrics.content
     assert b'operation="UpdateTUF"' in metrics.content
+
+
+async def test_a_refused_metadata_get_is_decided_once() -> None:
+    """The short path for metadata GETs answers a refusal itself: the authorizer
+    (which logs refusals) is asked once per request, not once per path."""
+    import httpx
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from vouch.keyservice.memory import MemoryKeyService
+    from vouch.server.app import build_app
+    from vouch.server.service import TrustService
+    from vouch.storage.memory import MemoryStore
+
+    asked: list[tuple[str, str | None]] = []
+
+    class Refuse:
+        def check(self, request: Request, kind: str, gun: str | None) -> Response | None:
+            asked.append((kind, gun))
+            return Response(b"no", status_code=401, headers={"WWW-Authenticate": "Bearer x"})
+
+    app = build_app(TrustService(MemoryStore(), MemoryKeyService()), authorizer=Refuse())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://vouch.test"
+    ) as client:
+        resp = await client.get("/v2/example.com/app/_trust/tuf/timestamp.json")
+    assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer x"
+    assert asked == [("metadata_get", "example.com/app")]

@@ -353,7 +353,7 @@ def build_app(
     consistent_cc = _header_pairs(_cache_control(cfg.consistent_max_age, current=False))
     text_type = TEXT_TYPE.encode()
 
-    async def fast_get(scope: Scope, send: Send) -> bool:
+    async def fast_get(scope: Scope, receive: Receive, send: Send) -> bool:
         """Serve a metadata GET that succeeds without Starlette's objects; False: not here.
 
         The same checks as :func:`dispatch` and :func:`get_tuf`, in the same order;
@@ -371,9 +371,13 @@ def build_app(
         except InvalidGunError:
             return False
         op, role, arg = route
-        if authorizer is not None and authorizer.check(Request(scope), "metadata_get", gun):
-            return False
         start = time.perf_counter()
+        if authorizer is not None:
+            denied = authorizer.check(Request(scope), "metadata_get", gun)
+            if denied is not None:  # answered here: asking twice would log the refusal twice
+                await denied(scope, receive, send)
+                metrics.record(op, denied.status_code, time.perf_counter() - start)
+                return True
         try:
             file = await fetch(op, gun, role, arg)
         except (NotFoundError, StorageError, SigningUnavailableError):
@@ -407,7 +411,9 @@ class TrustApp:
     about as much as the look-up itself on a cached read.
     """
 
-    def __init__(self, app: Starlette, fast_get: Callable[[Scope, Send], Awaitable[bool]]) -> None:
+    def __init__(
+        self, app: Starlette, fast_get: Callable[[Scope, Receive, Send], Awaitable[bool]]
+    ) -> None:
         self.app = app
         self.state = app.state
         self._fast_get = fast_get
@@ -416,7 +422,7 @@ class TrustApp:
         if (
             scope["type"] == "http"
             and scope["method"] == "GET"
-            and await self._fast_get(scope, send)
+            and await self._fast_get(scope, receive, send)
         ):
             return
         await self.app(scope, receive, send)
