@@ -24,11 +24,9 @@ revisions are merged into one.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
-import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Self
@@ -38,15 +36,11 @@ import httpx
 from vouch.crypto import jwe
 from vouch.crypto.privkey import PrivateKey, public_der
 from vouch.keyservice.base import (
-    DEFAULT_ALGORITHM,
     MAX_NAME,
     KeyDecryptionError,
     KeyInfo,
     KeyNotFoundError,
     KeyServiceUnavailableError,
-    check_algorithm,
-    check_names,
-    generate,
     make_signature,
 )
 from vouch.keyservice.encrypted import DEFAULT_CACHE_SIZE, EncryptedKeys
@@ -54,7 +48,6 @@ from vouch.keyservice.local import LAST_USED_RESOLUTION
 from vouch.keyservice.schema import (
     ENCRYPTION_ALG,
     KEYWRAP_ALG,
-    private_plaintext,
     public_key_of,
 )
 from vouch.storage.base import StorageError
@@ -185,9 +178,6 @@ class CouchKeyService(EncryptedKeys[dict[str, Any]]):
         super().__init__(passphrases, default_alias, cache_size=cache_size, p2c=p2c, clock=clock)
         self.target = target
         self._db = CouchClient(target, transport=transport)
-        self._create_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
 
     @classmethod
     async def open(
@@ -260,25 +250,17 @@ class CouchKeyService(EncryptedKeys[dict[str, Any]]):
 
     # -- creating keys -------------------------------------------------------------------
 
-    async def create_key(self, gun: str, role: str, algorithm: str = DEFAULT_ALGORITHM) -> Key:
-        check_names(gun, role)
-        check_algorithm(algorithm)
-        lock = self._create_locks.setdefault((gun, role, algorithm), asyncio.Lock())
-        async with lock:
-            for row in await self._live(gun, role):
-                value = row["value"]
-                if value.get("algorithm") == algorithm and value.get("last_used") is None:
-                    key, _ = checked_key(row["key"][3], value.get("algorithm"), value.get("public"))
-                    return key
-            return await self.rotate_key(gun, role, algorithm)
+    async def _unused_key(self, gun: str, role: str, algorithm: str) -> Key | None:
+        for row in await self._live(gun, role):
+            value = row["value"]
+            if value.get("algorithm") == algorithm and value.get("last_used") is None:
+                key, _ = checked_key(row["key"][3], value.get("algorithm"), value.get("public"))
+                return key
+        return None
 
-    async def rotate_key(self, gun: str, role: str, algorithm: str = DEFAULT_ALGORITHM) -> Key:
-        check_names(gun, role)
-        key = generate(algorithm)
-        passphrase = self._passphrases[self._default_alias.upper()]
-        token = await asyncio.to_thread(
-            jwe.encrypt, private_plaintext(key), passphrase, p2c=self._p2c
-        )
+    async def _store_new(
+        self, key: PrivateKey, gun: str, role: str, algorithm: str, token: str
+    ) -> None:
         now = _fmt(self._clock())
         doc = {
             "type": DOC_TYPE,
@@ -306,8 +288,6 @@ class CouchKeyService(EncryptedKeys[dict[str, Any]]):
                 raise KeyServiceUnavailableError(
                     f"key database: a document for new key {key.keyid} already exists"
                 ) from None
-        self._remember(key)
-        return key.public
 
     # -- reading keys --------------------------------------------------------------------
 
@@ -397,10 +377,6 @@ class CouchKeyService(EncryptedKeys[dict[str, Any]]):
             created.replace(tzinfo=UTC) if created else None,
             used.replace(tzinfo=UTC) if used else None,
         )
-
-    async def public_key(self, key_id: str) -> Key | None:
-        info = await self.key_info(key_id)
-        return info.key if info is not None else None
 
     # -- signing -------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ concurrent signatures that wait for it.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -18,8 +19,17 @@ from typing import Final, Generic, TypeVar
 
 from vouch.crypto import jwe
 from vouch.crypto.privkey import PrivateKey
-from vouch.keyservice.base import KeyDecryptionError, ServiceSigner
-from vouch.keyservice.schema import load_private
+from vouch.keyservice.base import (
+    DEFAULT_ALGORITHM,
+    KeyDecryptionError,
+    KeyInfo,
+    ServiceSigner,
+    check_algorithm,
+    check_names,
+    generate,
+)
+from vouch.keyservice.schema import load_private, private_plaintext
+from vouch.tuf.keys import Key
 
 R = TypeVar("R")
 
@@ -62,6 +72,51 @@ class EncryptedKeys(Generic[R]):
         self._p2c = p2c
         self._clock = clock
         self._reads: dict[str, asyncio.Future[R | None]] = {}
+        self._create_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    # -- creating keys -------------------------------------------------------------------
+
+    async def create_key(self, gun: str, role: str, algorithm: str = DEFAULT_ALGORITHM) -> Key:
+        """An unused live key of ``gun``/``role``/``algorithm`` if one is stored, else a
+        new one (notary-signer hands out the same unused key until it has signed)."""
+        check_names(gun, role)
+        check_algorithm(algorithm)
+        lock = self._create_locks.setdefault((gun, role, algorithm), asyncio.Lock())
+        async with lock:
+            unused = await self._unused_key(gun, role, algorithm)
+            return unused if unused is not None else await self.rotate_key(gun, role, algorithm)
+
+    async def rotate_key(self, gun: str, role: str, algorithm: str = DEFAULT_ALGORITHM) -> Key:
+        """A new key, stored encrypted under the default alias's passphrase."""
+        check_names(gun, role)
+        key = generate(algorithm)
+        passphrase = self._passphrases[self._default_alias.upper()]
+        token = await asyncio.to_thread(
+            jwe.encrypt, private_plaintext(key), passphrase, p2c=self._p2c
+        )
+        await self._store_new(key, gun, role, algorithm, token)
+        self._remember(key)
+        return key.public
+
+    async def _unused_key(self, gun: str, role: str, algorithm: str) -> Key | None:
+        raise NotImplementedError
+
+    async def _store_new(
+        self, key: PrivateKey, gun: str, role: str, algorithm: str, token: str
+    ) -> None:
+        """Store a new key (``token``: its JWE); never overwrite an existing one."""
+        raise NotImplementedError
+
+    # -- reading keys --------------------------------------------------------------------
+
+    async def key_info(self, key_id: str) -> KeyInfo | None:
+        raise NotImplementedError
+
+    async def public_key(self, key_id: str) -> Key | None:
+        info = await self.key_info(key_id)
+        return info.key if info is not None else None
 
     async def _shared_read(self, key_id: str, read: Callable[[], Awaitable[R | None]]) -> R | None:
         """The stored key a signature needs, read once for all Sign calls waiting on it.

@@ -14,9 +14,7 @@ stops signing everywhere within one query's time.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -27,16 +25,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from vouch.crypto import jwe
-from vouch.crypto.privkey import public_der
+from vouch.crypto.privkey import PrivateKey, public_der
 from vouch.keyservice.base import (
-    DEFAULT_ALGORITHM,
     MAX_NAME,
     KeyInfo,
     KeyNotFoundError,
     KeyServiceUnavailableError,
-    check_algorithm,
-    check_names,
-    generate,
     make_signature,
 )
 from vouch.keyservice.encrypted import DEFAULT_CACHE_SIZE, ENV_PREFIX, EncryptedKeys
@@ -45,7 +39,6 @@ from vouch.keyservice.schema import (
     KEYWRAP_ALG,
     metadata,
     private_keys,
-    private_plaintext,
     public_key_of,
 )
 from vouch.tuf.keys import Key
@@ -125,9 +118,6 @@ class LocalKeyService(EncryptedKeys["Row[Any]"]):
         self._engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._owns_engine = owns_engine
-        self._create_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
 
     @classmethod
     async def open(
@@ -181,32 +171,24 @@ class LocalKeyService(EncryptedKeys["Row[Any]"]):
 
     # -- creating keys -------------------------------------------------------------------
 
-    async def create_key(self, gun: str, role: str, algorithm: str = DEFAULT_ALGORITHM) -> Key:
-        check_names(gun, role)
-        check_algorithm(algorithm)
-        lock = self._create_locks.setdefault((gun, role, algorithm), asyncio.Lock())
-        async with lock:
-            query = (
-                select(_t.algorithm, _t.public, _t.gun, _t.role)
-                .where(_t.gun == gun, _t.role == role, _t.algorithm == algorithm)
-                .where(_t.last_used.is_(None), _LIVE)
-                .order_by(_t.id.desc())
-            )
-            async with self._connect() as conn:
-                rows = (await conn.execute(query)).all()
-            for row in rows:
-                # Exact match even if the table was created with a case-folding collation.
-                if (row.gun, row.role) == (gun, role):
-                    return public_key_of(row.algorithm, row.public)
-            return await self.rotate_key(gun, role, algorithm)
-
-    async def rotate_key(self, gun: str, role: str, algorithm: str = DEFAULT_ALGORITHM) -> Key:
-        check_names(gun, role)
-        key = generate(algorithm)
-        passphrase = self._passphrases[self._default_alias.upper()]
-        token = await asyncio.to_thread(
-            jwe.encrypt, private_plaintext(key), passphrase, p2c=self._p2c
+    async def _unused_key(self, gun: str, role: str, algorithm: str) -> Key | None:
+        query = (
+            select(_t.algorithm, _t.public, _t.gun, _t.role)
+            .where(_t.gun == gun, _t.role == role, _t.algorithm == algorithm)
+            .where(_t.last_used.is_(None), _LIVE)
+            .order_by(_t.id.desc())
         )
+        async with self._connect() as conn:
+            rows = (await conn.execute(query)).all()
+        for row in rows:
+            # Exact match even if the table was created with a case-folding collation.
+            if (row.gun, row.role) == (gun, role):
+                return public_key_of(row.algorithm, row.public)
+        return None
+
+    async def _store_new(
+        self, key: PrivateKey, gun: str, role: str, algorithm: str, token: str
+    ) -> None:
         now = self._clock()
         values = {
             "created_at": now,
@@ -223,8 +205,6 @@ class LocalKeyService(EncryptedKeys["Row[Any]"]):
         }
         async with self._connect() as conn:
             await conn.execute(private_keys.insert().values(**values))
-        self._remember(key)
-        return key.public
 
     # -- reading keys --------------------------------------------------------------------
 
@@ -256,10 +236,6 @@ class LocalKeyService(EncryptedKeys["Row[Any]"]):
             return None
         key = public_key_of(row.algorithm, row.public)
         return KeyInfo(key, row.gun, row.role, _aware(row.created_at), _aware(row.last_used))
-
-    async def public_key(self, key_id: str) -> Key | None:
-        info = await self.key_info(key_id)
-        return info.key if info is not None else None
 
     # -- signing -------------------------------------------------------------------------
 
