@@ -239,31 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         help="a CouchDB server (http[s]://user:pass@host:port) instead of a PouchDB Server "
         "started by the bench",
     )
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="measurements per server")
-    parser.add_argument("--connections", type=int, default=64, help="connections for GETs")
-    parser.add_argument("--publishers", type=int, default=8, help="concurrent publishing clients")
-    parser.add_argument("--workers", type=int, default=1, help="vouch server worker processes")
-    parser.add_argument(
-        "--publish-rate",
-        type=float,
-        default=300.0,
-        help="publishes/s to pre-sign for at first (topped up as needed)",
-    )
-    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
-    parser.add_argument("--quiet-wait", type=float, default=10.0)
-    parser.add_argument("--max-noise", type=float, default=0.3)
-    parser.add_argument("--retries", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="one 2 s round, fewer repositories")
+    srv.add_load_arguments(parser)
+    parser.set_defaults(duration=5.0, publish_rate=300.0, quiet_wait=10.0, max_noise=0.3, retries=1)
     args = parser.parse_args(argv)
-    loadgen = args.loadgen
-    if loadgen == "auto":
-        loadgen = "wrk" if srv.WRK_BIN else "python"
-    if loadgen == "wrk" and not srv.WRK_BIN:
-        parser.error("wrk is not installed: apt-get install wrk")
-    for binary in (srv.VOUCH_BIN, srv.NOTARY_SERVER_BIN):
-        if not os.access(binary, os.X_OK):
-            parser.error(f"{binary} is missing (make venv; apt-get install notary)")
+    loadgen = srv.checked_loadgen(parser, args)
     if args.couch_url and not is_couch_url(args.couch_url):
         parser.error("--couch-url must be an http(s):// or couchdb(s):// URL")
     plan = srv.plan_from_args(args, loadgen)

@@ -820,6 +820,63 @@ class Plan:
     background: list[float] = field(default_factory=list)  # busy cores before each run
 
 
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that shape the loads (also used by bench/couchdb.py)."""
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="measurements per server, alternating; the table shows the best (default 2)",
+    )
+    parser.add_argument(
+        "--connections", type=int, default=64, help="concurrent connections for the GET loads"
+    )
+    parser.add_argument("--publishers", type=int, default=8, help="concurrent publishing clients")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="vouch server worker processes (VOUCH_WORKERS); memory storage always uses 1",
+    )
+    parser.add_argument(
+        "--publish-rate",
+        type=float,
+        default=1500.0,
+        help="publishes/s to pre-sign for at first (more are signed between runs as needed)",
+    )
+    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="seconds to wait before each measurement for other processes to go idle",
+    )
+    parser.add_argument(
+        "--max-noise",
+        type=float,
+        default=0.2,
+        help="cores other processes may use during a measurement before it is taken again",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="re-measurements when noisy")
+    parser.add_argument(
+        "--quick", action="store_true", help="one 2 s round per measurement, fewer repositories"
+    )
+
+
+def checked_loadgen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The load generator to use; exits with a clear message if a needed program is missing."""
+    loadgen: str = args.loadgen
+    if loadgen == "auto":
+        loadgen = "wrk" if WRK_BIN else "python"
+    if loadgen == "wrk" and not WRK_BIN:
+        parser.error("wrk is not installed: apt-get install wrk")
+    for binary in (VOUCH_BIN, NOTARY_SERVER_BIN):
+        if not os.access(binary, os.X_OK):
+            parser.error(f"{binary} is missing (make venv; apt-get install notary)")
+    return loadgen
+
+
 def plan_from_args(args: argparse.Namespace, loadgen: str) -> Plan:
     """The plan the shared command-line options describe (also used by bench/couchdb.py)."""
     return Plan(
@@ -1008,56 +1065,10 @@ def main(argv: list[str] | None = None) -> int:
         default="all",
         help="sqlite: vouch on SQLite (its embedded default) against notary-server on memory",
     )
-    parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=2,
-        help="measurements per server, alternating; the table shows the best (default 2)",
-    )
-    parser.add_argument(
-        "--connections", type=int, default=64, help="concurrent connections for the GET loads"
-    )
-    parser.add_argument("--publishers", type=int, default=8, help="concurrent publishing clients")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="vouch server worker processes on PostgreSQL (VOUCH_WORKERS); memory always uses 1",
-    )
-    parser.add_argument(
-        "--publish-rate",
-        type=float,
-        default=1500.0,
-        help="publishes/s to pre-sign for at first (more are signed between runs as needed)",
-    )
-    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=30.0,
-        help="seconds to wait before each measurement for other processes to go idle",
-    )
-    parser.add_argument(
-        "--max-noise",
-        type=float,
-        default=0.2,
-        help="cores other processes may use during a measurement before it is taken again",
-    )
-    parser.add_argument("--retries", type=int, default=2, help="re-measurements when noisy")
-    parser.add_argument(
-        "--quick", action="store_true", help="one 2 s round per measurement, fewer repositories"
-    )
+    add_load_arguments(parser)
     args = parser.parse_args(argv)
 
-    loadgen = args.loadgen
-    if loadgen == "auto":
-        loadgen = "wrk" if WRK_BIN else "python"
-    if loadgen == "wrk" and not WRK_BIN:
-        parser.error("wrk is not installed: apt-get install wrk")
-    for binary in (VOUCH_BIN, NOTARY_SERVER_BIN):
-        if not os.access(binary, os.X_OK):
-            parser.error(f"{binary} is missing (make venv; apt-get install notary)")
+    loadgen = checked_loadgen(parser, args)
     plan = plan_from_args(args, loadgen)
     backends = ["memory", "sqlite", "postgres"] if args.backend == "all" else [args.backend]
     loaddesc = (
