@@ -55,6 +55,7 @@ from vouch.client.errors import (
     UpdateRejected,
     VersionConflict,
 )
+from vouch.client.http11 import Http11Transport
 from vouch.tuf import timefmt
 from vouch.tuf.errors import FormatError
 from vouch.tuf.keys import Key
@@ -262,6 +263,8 @@ class Remote:
         verify: ssl.SSLContext | bool = True
         if transport is None:
             verify = tls if isinstance(tls, ssl.SSLContext) else (tls or TLSConfig()).ssl_context()
+            # httpx still uses ``verify`` for the proxies it mounts from the environment.
+            transport = Http11Transport(ssl_context=verify)
         self._client = httpx.AsyncClient(
             verify=verify,
             timeout=timeout or DEFAULT_TIMEOUT,

@@ -1,0 +1,471 @@
+"""vouch.client.http11 against scripted servers on real sockets.
+
+Each server here is a few lines of asyncio that answer exactly the bytes a
+test needs, including the ones a well-behaved HTTP server never sends: a
+body cut short, an unfinished chunked body, garbage instead of a status
+line, a second response no one asked for, a keep-alive connection closed
+just as it is reused, silence. What every test checks is what the client
+relies on: a complete response is read whole, anything less raises an httpx
+error (so :class:`~vouch.client.remote.Remote` reports the server, never a
+truncated file), and a connection is reused only after a complete response.
+(TLS, mutual TLS, endless and stalled bodies are tested through ``Remote``
+in ``test_client_remote.py``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+
+from vouch.client.errors import Offline, TooLarge
+from vouch.client.http11 import HIGH_WATER, Http11Transport
+from vouch.client.remote import Remote
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Scripted:
+    """A TCP server on 127.0.0.1 that runs ``handler(reader, writer, n)`` for
+    its ``n``-th connection and keeps count of connections and requests."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.url = ""
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
+        """One request (head and Content-Length body), or None at EOF."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        body = await reader.readexactly(length) if length else b""
+        self.requests.append(head + body)
+        return head + body
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer, self.connections)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def scripted(handler: Handler) -> AsyncIterator[Scripted]:
+    server = Scripted(handler)
+    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    server.url = f"http://127.0.0.1:{port}"
+    async with listener:
+        yield server
+
+
+def ok(body: bytes, *extra: bytes) -> bytes:
+    headers = b"".join(h + b"\r\n" for h in extra)
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), headers, body)
+
+
+def client(**kw: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=Http11Transport(**kw), timeout=5)  # type: ignore[arg-type]
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while (req := await srv.read_request(r)) is not None:
+            w.write(ok(req.split(b" ")[1]))
+
+    async with scripted(handler) as srv, client() as c:
+        for i in range(5):
+            response = await c.get(f"{srv.url}/file/{i}")
+            assert response.status_code == 200
+            assert response.content == f"/file/{i}".encode()
+        assert srv.connections == 1
+        assert len(srv.requests) == 5
+
+
+async def test_request_bytes_on_the_wire() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        w.write(ok(b""))
+
+    async with scripted(handler) as srv, client() as c:
+        await c.post(f"{srv.url}/v2/a/b?x=1", content=b"payload", headers={"X-T": "v"})
+    (req,) = srv.requests
+    head, _, body = req.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /v2/a/b?x=1 HTTP/1.1"
+    assert f"Host: {srv.url.removeprefix('http://')}".encode() in lines
+    assert b"Content-Length: 7" in lines
+    assert b"X-T: v" in lines
+    assert body == b"payload"
+
+
+async def test_streamed_request_body_is_sent_chunked() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        head = await r.readuntil(b"\r\n\r\n")
+        body = await r.readuntil(b"0\r\n\r\n")
+        srv.requests.append(head + body)
+        w.write(ok(b""))
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"ab"
+        yield b"cd"
+
+    async with scripted(handler) as srv, client() as c:
+        await c.post(srv.url, content=parts())
+    assert srv.requests[0].endswith(b"Transfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n")
+
+
+async def test_chunked_and_close_delimited_bodies() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\n\r\n"
+    )
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        if n == 1:
+            w.write(chunked)
+            await srv.read_request(r)
+            w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+        # then the connection closes
+
+    async with scripted(handler) as srv, client() as c:
+        assert (await c.get(srv.url)).content == b"hello world"
+        assert (await c.get(srv.url)).content == b"until the end"
+        assert srv.connections == 1  # the chunked reply left the connection reusable
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", id="content-length"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", id="chunked"
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Len", id="headers"),
+        pytest.param(b"", id="nothing"),
+    ],
+)
+async def test_a_response_cut_short_is_an_error(reply: bytes) -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        w.write(reply)
+        await w.drain()
+
+    async with scripted(handler) as srv, client() as c:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await c.get(srv.url)
+        async with Remote(srv.url, trust_env=False) as remote:
+            with pytest.raises(Offline):
+                await remote.get_metadata("example.com/a", "timestamp.json", 1 << 20)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+async def test_malformed_responses_are_refused(reply: bytes) -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        w.write(reply)
+        await asyncio.sleep(1)
+
+    async with scripted(handler) as srv, client() as c:
+        with pytest.raises(httpx.RemoteProtocolError, match="malformed"):
+            await c.get(srv.url)
+
+
+async def test_unasked_data_after_a_response_retires_the_connection() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await srv.read_request(r) is not None:
+            # A second response nobody asked for: a server (or something in between)
+            # out of step. It must never be taken as the answer to the next request.
+            w.write(ok(b"first %d" % n) + ok(b"smuggled"))
+
+    async with scripted(handler) as srv, client() as c:
+        assert (await c.get(srv.url)).content == b"first 1"
+        assert (await c.get(srv.url)).content == b"first 2"
+        assert srv.connections == 2
+
+
+async def test_data_while_idle_retires_the_connection() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        w.write(ok(b"one %d" % n))
+        await w.drain()
+        await asyncio.sleep(0.1)
+        w.write(ok(b"smuggled"))
+        await w.drain()
+        while await srv.read_request(r) is not None:
+            w.write(ok(b"same connection"))
+
+    async with scripted(handler) as srv, client() as c:
+        assert (await c.get(srv.url)).content == b"one 1"
+        await asyncio.sleep(0.3)
+        assert (await c.get(srv.url)).content == b"one 2"
+        assert srv.connections == 2
+
+
+async def test_a_get_is_resent_once_when_a_reused_connection_was_closed() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        w.write(ok(b"reply %d" % n))
+        await w.drain()
+        # The next request on this connection is read, then the connection is
+        # dropped unanswered (an idle timeout racing with the reuse).
+        await srv.read_request(r)
+
+    async with scripted(handler) as srv, client() as c:
+        assert (await c.get(srv.url)).content == b"reply 1"
+        assert (await c.get(srv.url)).content == b"reply 2"
+        assert srv.connections == 2
+        assert len(srv.requests) == 3
+        # A POST is not idempotent: it is not sent twice.
+        with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+            await c.post(srv.url, content=b"publish")
+        assert [q.split(b" ")[0] for q in srv.requests].count(b"POST") == 1
+
+
+async def test_a_fresh_connection_closed_unanswered_is_not_retried() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+
+    async with scripted(handler) as srv, client() as c:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await c.get(srv.url)
+        assert srv.connections == 1
+
+
+async def test_read_timeout() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        if n == 2:
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+        await asyncio.sleep(5)
+
+    async with (
+        scripted(handler) as srv,
+        httpx.AsyncClient(transport=Http11Transport(), timeout=0.3) as c,
+    ):
+        with pytest.raises(httpx.ReadTimeout):
+            await c.get(srv.url)
+        with pytest.raises(httpx.ReadTimeout):
+            await c.get(srv.url)
+
+
+async def test_connect_errors() -> None:
+    async with scripted(lambda r, w, n: asyncio.sleep(0)) as srv:
+        url = srv.url
+    async with client() as c:
+        with pytest.raises(httpx.ConnectError):
+            await c.get(url)  # the listener is gone: refused
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await c.get("ftp://127.0.0.1/")
+
+
+async def test_interim_responses_are_skipped_and_head_has_no_body() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        w.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + ok(b"final"))
+        await srv.read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        await asyncio.sleep(1)
+
+    async with scripted(handler) as srv, client() as c:
+        response = await c.get(srv.url)
+        assert (response.status_code, response.content) == (200, b"final")
+        head = await c.head(srv.url)
+        assert head.status_code == 200
+        assert head.headers["content-length"] == "1000"
+        assert head.content == b""
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-Evil": "a\r\nInjected: 1"}, {"X-Evil": "a\nb"}, {"X-Evil": "a\x00"}, {"Bad Name": "v"}],
+)
+async def test_header_injection_is_refused_before_sending(headers: dict[str, str]) -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+
+    async with scripted(handler) as srv, client() as c:
+        with pytest.raises(httpx.LocalProtocolError):
+            await c.get(srv.url, headers=headers)
+        await asyncio.sleep(0.05)
+        assert srv.connections == 0
+
+
+async def test_reading_pauses_while_the_caller_does_not_read() -> None:
+    piece = bytes(range(256)) * 4096  # 1 MiB
+    pieces = 128  # beyond what loopback's socket buffers take (up to 32 MiB + 4 MiB here)
+    sent = 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        nonlocal sent
+        await srv.read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(piece) * pieces))
+        for _ in range(pieces):
+            w.write(piece)
+            await w.drain()
+            sent += 1
+
+    async with scripted(handler) as srv, client() as c:
+        async with c.stream("GET", srv.url) as response:
+            await asyncio.sleep(0.5)
+            # Without flow control the transport would have taken all 128 MiB by now;
+            # with it, only what the kernel's socket buffers hold beyond 256 KiB.
+            assert sent < pieces // 2
+            digest = hashlib.sha256()
+            async for chunk in response.aiter_raw():
+                digest.update(chunk)
+        assert digest.digest() == hashlib.sha256(piece * pieces).digest()
+        assert sent == pieces
+
+
+async def test_large_bodies_whole_and_unread_bodies_close() -> None:
+    big = bytes(range(256)) * (HIGH_WATER // 64)  # 4x the high-water mark
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await srv.read_request(r) is not None:
+            w.write(ok(big))
+            await w.drain()
+
+    async with scripted(handler) as srv, client() as c:
+        async with c.stream("GET", srv.url) as response:
+            await asyncio.sleep(0.2)  # let the socket fill; reading pauses
+            received = bytearray()
+            async for chunk in response.aiter_raw():
+                received += chunk
+        assert bytes(received) == big
+        assert (await c.get(srv.url)).content == big
+        assert srv.connections == 1
+        # A body left unread: the connection cannot be reused for the next request.
+        async with c.stream("GET", srv.url) as response:
+            async for _ in response.aiter_raw():
+                break
+        assert (await c.get(srv.url)).content == big
+        assert srv.connections == 2
+
+
+async def test_remote_caps_a_body_and_does_not_reuse_its_connection() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await srv.read_request(r) is not None:
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(64):
+                w.write(b"4000\r\n" + b"x" * 0x4000 + b"\r\n")
+                await w.drain()
+            w.write(b"0\r\n\r\n")
+
+    async with scripted(handler) as srv, Remote(srv.url, trust_env=False) as remote:
+        with pytest.raises(TooLarge):
+            await remote.get_metadata("example.com/a", "timestamp.json", 100_000)
+        assert len(await remote.get_metadata("example.com/a", "timestamp.json", 1 << 20)) == (
+            64 * 0x4000
+        )
+        assert srv.connections == 2
+
+
+async def test_connection_limit_and_pool_timeout() -> None:
+    in_flight = 0
+    most = 0
+    release = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        nonlocal in_flight, most
+        while await srv.read_request(r) is not None:
+            in_flight += 1
+            most = max(most, in_flight)
+            await release.wait()
+            in_flight -= 1
+            w.write(ok(b"done"))
+
+    async with scripted(handler) as srv, client(max_connections=2) as c:
+        tasks = [asyncio.create_task(c.get(srv.url)) for _ in range(5)]
+        await asyncio.sleep(0.3)
+        assert most == 2
+        release.set()
+        assert [(await t).content for t in tasks] == [b"done"] * 5
+        assert most == 2
+        assert srv.connections == 2
+
+    release.clear()
+    async with scripted(handler) as srv:
+        limits = httpx.Timeout(5, pool=0.2)
+        async with httpx.AsyncClient(
+            transport=Http11Transport(max_connections=1), timeout=limits
+        ) as c:
+            first = asyncio.create_task(c.get(srv.url))
+            await asyncio.sleep(0.1)
+            with pytest.raises(httpx.PoolTimeout):
+                await c.get(srv.url)
+            release.set()
+            assert (await first).content == b"done"
+            assert (await c.get(srv.url)).content == b"done"  # the slot came back
+
+
+async def test_idle_connections_expire() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await srv.read_request(r) is not None:
+            w.write(ok(b"x"))
+
+    async with scripted(handler) as srv, client(keepalive_expiry=0.1) as c:
+        await c.get(srv.url)
+        await c.get(srv.url)
+        assert srv.connections == 1
+        await asyncio.sleep(0.2)
+        await c.get(srv.url)
+        assert srv.connections == 2
+
+
+async def test_cancelled_request_frees_its_slot() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        if n == 1:
+            await asyncio.sleep(5)
+        w.write(ok(b"after"))
+
+    async with scripted(handler) as srv, client(max_connections=1) as c:
+        task = asyncio.create_task(c.get(srv.url))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await c.get(srv.url)).content == b"after"
+        assert srv.connections == 2
+
+
+async def test_closed_transport_refuses_requests() -> None:
+    transport = Http11Transport()
+    await transport.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await transport.handle_async_request(httpx.Request("GET", "http://127.0.0.1:1/"))
+    with pytest.raises(ValueError):
+        Http11Transport(max_connections=0)
