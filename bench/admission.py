@@ -38,6 +38,7 @@ from vouch.admission.app import build_admission_app
 from vouch.admission.engine import Engine
 from vouch.admission.policy import load_policies
 from vouch.admission.webhook import Reviewer
+from vouch.client.http11 import Http11Transport
 from vouch.client.remote import Remote
 from vouch.client.repository import Repository
 from vouch.crypto.keystore import EnvPassphraseRetriever
@@ -82,10 +83,11 @@ async def publish(url: str, trust: Path, repos: int) -> None:
 
 
 class RoundTrips(httpx.AsyncBaseTransport):
-    """Real HTTP to the trust server, counting sequential round trips per GUN."""
+    """Real HTTP to the trust server (through the transport ``Remote`` uses by
+    default), counting sequential round trips per GUN."""
 
     def __init__(self, rtt: float) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+        self.inner = Http11Transport()
         self.rtt = rtt
         self.in_flight: dict[str, int] = {}
         self.waves: dict[str, int] = {}
