@@ -801,3 +801,85 @@ def test_system_roots_loaded_before_the_first_handshake() -> None:
     with socket.socket() as sock, other.wrap_socket(sock, server_hostname="example.com"):
         pass  # not connected: no handshake, but the roots are loaded
     assert other.cert_store_stats()["x509_ca"] == system
+
+
+# -- proxies from the environment ------------------------------------------------------------
+
+
+class ForwardProxy:
+    """An HTTP proxy on 127.0.0.1 that records each request line: ``CONNECT``
+    is tunnelled to its target, a plain (absolute-form) request is answered
+    by the proxy itself."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.url = ""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            line = head.split(b"\r\n", 1)[0].decode()
+            self.lines.append(line)
+            method, target, _ = line.split(" ")
+            if method != "CONNECT":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+                return
+            host, port = target.rsplit(":", 1)
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+                dst.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_proxies_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY, HTTPS_PROXY and NO_PROXY apply as they did with httpx's own
+    transport: a plain request goes to the proxy in absolute form, a TLS one
+    through a CONNECT tunnel (the trust server still verified end to end),
+    and a NO_PROXY host directly."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    proxy = ForwardProxy()
+    listener = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    proxy_url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    paths = ensure_dev_tls(tmp_path / "tls", hostname="localhost")
+    app = build_app(TrustService(MemoryStore(), MemoryKeyService()))
+    tls = {"ssl_certfile": str(paths.server_cert), "ssl_keyfile": str(paths.server_key)}
+    async with listener:
+        with serve(app, **tls) as url:
+            https = url.replace("127.0.0.1", "localhost")
+            port = https.rsplit(":", 1)[1]
+            monkeypatch.setenv("HTTP_PROXY", proxy_url)
+            monkeypatch.setenv("HTTPS_PROXY", proxy_url)
+            async with Remote(https, tls=TLSConfig(ca_file=paths.ca_cert)) as r:
+                assert (await r.get_key("example.com/proxy", "timestamp")).keytype == "ecdsa"
+            assert proxy.lines == [f"CONNECT localhost:{port} HTTP/1.1"]
+            async with Remote("http://plain.test:8080") as r:
+                assert await r.ping() is True  # answered by the proxy
+            assert proxy.lines[-1] == "GET http://plain.test:8080/v2/ HTTP/1.1"
+            # Not when told not to: by NO_PROXY, or by trust_env=False.
+            monkeypatch.setenv("NO_PROXY", "example.org,localhost")
+            async with Remote(https, tls=TLSConfig(ca_file=paths.ca_cert)) as r:
+                assert await r.ping() is True
+            monkeypatch.delenv("NO_PROXY")
+            async with Remote(https, tls=TLSConfig(ca_file=paths.ca_cert), trust_env=False) as r:
+                assert await r.ping() is True
+            assert len(proxy.lines) == 2
+            # NO_PROXY=* turns every proxy off.
+            monkeypatch.setenv("NO_PROXY", "*")
+            async with Remote("http://plain.test:8080") as r:
+                assert await r.ping() is False  # no such host, and no proxy to ask
+            assert len(proxy.lines) == 2

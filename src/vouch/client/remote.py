@@ -19,7 +19,9 @@ deliberately dumb about TUF and strict about HTTP:
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
+import os
 import re
 import secrets
 import ssl
@@ -144,6 +146,56 @@ class TLSConfig:
         return ctx
 
 
+_PROXY_VARIABLES: Final = frozenset({"http_proxy", "https_proxy", "all_proxy"})
+
+
+def environment_proxies(verify: ssl.SSLContext) -> dict[str, httpx.AsyncBaseTransport | None]:
+    """httpx mounts for the proxies named by ``HTTP_PROXY``, ``HTTPS_PROXY``,
+    ``ALL_PROXY`` and ``NO_PROXY`` (either case), with httpx's own rules.
+
+    httpx applies them itself only when it builds its default transport; with
+    :class:`Http11Transport` in its place they are mounted here. A proxied
+    request goes through httpx's proxy transport (``verify`` checks the trust
+    server through the tunnel); ``None`` sends a ``NO_PROXY`` host direct.
+    ``NO_PROXY`` names hosts (``localhost``, an IP address, ``example.com``
+    for it and its subdomains, ``.example.com`` for the subdomains only) or
+    is ``*`` for none at all.
+    """
+    if not any(name.lower() in _PROXY_VARIABLES for name in os.environ):
+        return {}
+    from urllib.request import getproxies  # noqa: PLC0415 (about 10 ms, rarely needed)
+
+    found = getproxies()
+    mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
+    for scheme in ("http", "https", "all"):
+        if url := found.get(scheme):
+            proxy = url if "://" in url else f"http://{url}"
+            mounts[f"{scheme}://"] = httpx.AsyncHTTPTransport(proxy=proxy, verify=verify)
+    for raw in found.get("no", "").split(","):
+        host = raw.strip()
+        if host == "*":
+            return {}
+        if not host:
+            continue
+        if "://" in host:
+            mounts[host] = None
+        elif host.lower() == "localhost" or _ip_version(host) == 4:
+            mounts[f"all://{host}"] = None
+        elif _ip_version(host) == 6:
+            mounts[f"all://[{host}]"] = None
+        else:
+            mounts[f"all://*{host}"] = None
+    return mounts
+
+
+def _ip_version(host: str) -> int | None:
+    """4 or 6 for an IP address (a ``/prefix`` is ignored, as httpx does), else None."""
+    try:
+        return ipaddress.ip_address(host.split("/", 1)[0]).version
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class Change:
     """One changefeed record (spec §5.5): a new timestamp (``update``) or a deletion."""
@@ -261,10 +313,12 @@ class Remote:
         self._auth = auth if auth is not None else TokenAuth()
         self._ping_timeout = ping_timeout
         verify: ssl.SSLContext | bool = True
+        mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
         if transport is None:
             verify = tls if isinstance(tls, ssl.SSLContext) else (tls or TLSConfig()).ssl_context()
-            # httpx still uses ``verify`` for the proxies it mounts from the environment.
             transport = Http11Transport(ssl_context=verify)
+            if trust_env:
+                mounts = environment_proxies(verify)
         self._client = httpx.AsyncClient(
             verify=verify,
             timeout=timeout or DEFAULT_TIMEOUT,
@@ -272,6 +326,7 @@ class Remote:
             # compressed body cannot expand past a limit inside one chunk.
             headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
             transport=transport,
+            mounts=mounts,
             trust_env=trust_env,
             follow_redirects=False,
             max_redirects=10,
