@@ -16,15 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
+import ssl
+import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 
-from vouch.client.errors import Offline, TooLarge
-from vouch.client.http11 import HIGH_WATER, Http11Transport
-from vouch.client.remote import Remote
+from vouch.client.errors import BadResponse, Offline, TooLarge
+from vouch.client.http11 import HIGH_WATER, MAX_HEAD, Http11Transport
+from vouch.client.remote import MAX_REDIRECTS, Remote, TLSConfig
+from vouch.server.devtls import ensure_dev_tls
 
 pytestmark = pytest.mark.anyio
 
@@ -72,11 +78,11 @@ class Scripted:
 
 
 @asynccontextmanager
-async def scripted(handler: Handler) -> AsyncIterator[Scripted]:
+async def scripted(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[Scripted]:
     server = Scripted(handler)
-    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0)
+    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0, ssl=tls)
     port = listener.sockets[0].getsockname()[1]
-    server.url = f"http://127.0.0.1:{port}"
+    server.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     async with listener:
         yield server
 
@@ -469,3 +475,242 @@ async def test_closed_transport_refuses_requests() -> None:
         await transport.handle_async_request(httpx.Request("GET", "http://127.0.0.1:1/"))
     with pytest.raises(ValueError):
         Http11Transport(max_connections=0)
+
+
+# -- found in review: each was a reproduced defect -------------------------------------------
+
+
+async def test_an_interim_response_with_a_body_is_refused() -> None:
+    """llhttp gives a body to 1xx codes other than 100, 102 and 103; those bytes
+    must never end up in the final response."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        w.write(b"HTTP/1.1 199 Odd\r\nContent-Length: 5\r\n\r\nEVIL!" + ok(b"ok"))
+        await asyncio.sleep(1)
+
+    async with scripted(handler) as srv, client() as c:
+        with pytest.raises(httpx.RemoteProtocolError, match="interim"):
+            await c.get(srv.url)
+
+
+async def test_a_connection_released_unread_reads_again_when_reused() -> None:
+    """A big response that arrived whole while the caller had not read it, then
+    closed unread (a ping, a DELETE, a 401): the connection goes back to the
+    pool reading, not paused with the next response stuck behind it."""
+    big = b"x" * (HIGH_WATER + (150 << 10))
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while (req := await srv.read_request(r)) is not None:
+            w.write(ok(big if b"/big" in req else b"small"))
+            await w.drain()
+
+    async with scripted(handler) as srv, client() as c:
+        response = await c.send(c.build_request("GET", f"{srv.url}/big"), stream=True)
+        await asyncio.sleep(0.3)
+        await response.aclose()
+        second = await asyncio.wait_for(c.get(f"{srv.url}/small"), 3)
+        assert second.content == b"small"
+        assert srv.connections == 1
+
+
+@pytest.mark.parametrize("where", ["value", "headers", "trailers"])
+async def test_endless_headers_are_cut_off(where: str) -> None:
+    sent = 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        nonlocal sent
+        await srv.read_request(r)
+        if where == "trailers":
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n")
+        else:
+            w.write(b"HTTP/1.1 200 OK\r\n")
+        if where == "value":
+            w.write(b"X-Endless: ")
+        for _ in range(64 * 1024):  # up to 64 MiB
+            w.write(b"a" * 1024 if where == "value" else b"X-Many: " + b"a" * 1014 + b"\r\n")
+            sent += 1024
+            await w.drain()
+
+    async with scripted(handler) as srv, client() as c:
+        with pytest.raises(httpx.RemoteProtocolError, match="too large"):
+            await c.get(srv.url)
+    assert sent < 64 * MAX_HEAD  # stopped early, not after the server gave up
+
+
+async def test_big_but_bounded_headers_pass() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        many = b"\r\n".join(b"X-H%d: %s" % (i, b"v" * 200) for i in range(200))  # ~42 KiB
+        w.write(ok(b"fine", many))
+
+    async with scripted(handler) as srv, client() as c:
+        response = await c.get(srv.url)
+        assert response.content == b"fine"
+        assert response.headers["x-h199"] == "v" * 200
+
+
+async def test_a_reset_ends_a_close_delimited_body_in_error() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nfirst half of the bo")
+        await w.drain()
+        await asyncio.sleep(0.2)
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()  # RST, not FIN
+
+    async with scripted(handler) as srv, client() as c:
+        with pytest.raises(httpx.ReadError, match="reset"):
+            await c.get(srv.url)
+
+
+async def test_a_close_delimited_body_is_refused_over_tls(tmp_path: Path) -> None:
+    """asyncio reports a TCP close without close_notify like a clean TLS end, so
+    over TLS a body must declare its end (notary-server always does)."""
+    paths = ensure_dev_tls(tmp_path, hostname="localhost")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(paths.server_cert, paths.server_key)
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await srv.read_request(r) is not None:
+            if n == 1:
+                w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\ntruncated bo")
+                await w.drain()
+                w.transport.abort()
+                return
+            w.write(ok(b"declared"))
+
+    async with scripted(handler, server_tls) as srv:
+        context = TLSConfig(ca_file=paths.ca_cert).ssl_context()
+        async with httpx.AsyncClient(transport=Http11Transport(ssl_context=context)) as c:
+            url = srv.url.replace("127.0.0.1", "localhost")
+            with pytest.raises(httpx.RemoteProtocolError, match="truncated"):
+                await c.get(url)
+            assert (await c.get(url)).content == b"declared"
+
+
+async def test_a_retry_takes_a_new_connection_not_another_idle_one() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        first = True
+        while await srv.read_request(r) is not None:
+            if not first and n <= 2:  # both old connections drop their next request
+                return
+            first = False
+            w.write(ok(b"ok %d" % n))
+            await w.drain()
+
+    async with scripted(handler) as srv, client() as c:
+        await asyncio.gather(c.get(srv.url), c.get(srv.url))  # two idle connections
+        assert (await c.get(srv.url)).content == b"ok 3"
+        assert srv.connections == 3
+
+
+async def test_a_connection_the_server_closed_is_not_reused() -> None:
+    """The server closes right after a keep-alive response, and the client
+    reuses the connection before its event loop has seen the FIN. The socket is
+    checked first, so even a POST (never sent twice) goes on a new connection."""
+    closed = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await srv.read_request(r) is not None:
+            w.write(ok(b"ok"))
+            await w.drain()
+            if n == 1:
+                w.close()
+                closed.set()
+                return
+
+    async with scripted(handler) as srv, client() as c:
+        await c.get(srv.url)
+        await closed.wait()
+        # The server's FIN reaches the client's socket while the loop is blocked,
+        # so the connection still looks usable to asyncio when it is taken.
+        time.sleep(0.05)
+        assert (await c.post(srv.url, content=b"once")).status_code == 200
+        assert [q.split(b" ")[0] for q in srv.requests] == [b"GET", b"POST"]
+        assert srv.connections == 2
+
+
+async def test_a_split_status_line_keeps_its_whole_reason() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        w.write(b"HTTP/1.1 404 Not Fo")
+        await w.drain()
+        await asyncio.sleep(0.1)
+        w.write(b"und Here\r\nContent-Length: 0\r\n\r\n")
+
+    async with scripted(handler) as srv, client() as c:
+        response = await c.get(srv.url)
+        assert (response.status_code, response.reason_phrase) == (404, "Not Found Here")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Length": "5"},
+        {"Content-Length": "100"},
+        {"Transfer-Encoding": "chunked"},
+        {"Transfer-Encoding": "gzip"},
+    ],
+)
+async def test_a_callers_framing_headers_must_match_the_body(headers: dict[str, str]) -> None:
+    """A Content-Length shorter than the body would let the rest of the body be
+    read as a second request (request smuggling)."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+
+    async with scripted(handler) as srv, client() as c:
+        request = c.build_request("POST", srv.url, content=b"0123456789")
+        for name, value in headers.items():
+            request.headers[name] = value
+        with pytest.raises(httpx.LocalProtocolError):
+            await c.send(request)
+        with pytest.raises(httpx.LocalProtocolError, match="method"):
+            await c.send(c.build_request("\u00e9", srv.url))
+        await asyncio.sleep(0.05)
+        assert srv.connections == 0
+
+
+async def test_remote_never_reads_a_redirects_body() -> None:
+    """httpx reads a redirect's body whole before following it; Remote follows
+    GET redirects itself and leaves the body unread, so an endless one costs
+    nothing."""
+    sent = 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        nonlocal sent
+        while (req := await srv.read_request(r)) is not None:
+            if b"/moved" in req.split(b"\r\n", 1)[0]:
+                w.write(ok(b"{}"))
+                continue
+            w.write(b"HTTP/1.1 301 Moved\r\nLocation: /moved\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(16 * 1024):  # up to 1 GiB, never finished
+                w.write(b"10000\r\n" + b"x" * 0x10000 + b"\r\n")
+                sent += 1
+                await w.drain()
+
+    async with (
+        scripted(handler) as srv,
+        Remote(srv.url, trust_env=False, timeout=httpx.Timeout(5)) as remote,
+    ):
+        assert await remote.get_metadata("example.com/a", "root.json", 100) == b"{}"
+    assert sent < 1024
+
+
+async def test_remote_stops_after_too_many_redirects() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await srv.read_request(r) is not None:
+            hop = len(srv.requests)
+            w.write(b"HTTP/1.1 302 Found\r\nLocation: /hop%d\r\nContent-Length: 0\r\n\r\n" % hop)
+
+    async with scripted(handler) as srv, Remote(srv.url, trust_env=False) as remote:
+        with pytest.raises(BadResponse, match="redirected more than 10"):
+            await remote.get_metadata("example.com/a", "root.json", 100)
+        assert len(srv.requests) == MAX_REDIRECTS + 1
+        # A POST is never redirected: the 302 is the answer (an error for publish).
+        srv.requests.clear()
+        with pytest.raises(Exception, match="302"):
+            await remote.publish("example.com/a", {"root": b"{}"})
+        assert len(srv.requests) == 1

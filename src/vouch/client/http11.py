@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 import ssl
 import time
 from collections import deque
@@ -51,6 +52,10 @@ KEEPALIVE_EXPIRY: Final = 5.0
 HIGH_WATER: Final = 256 << 10
 LOW_WATER: Final = HIGH_WATER // 4
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: Bytes a server may send in a row that are not body (status lines, headers,
+#: trailers): llhttp keeps a header value whole before handing it over, so
+#: without a cap one endless header would fill memory. h11 allows 64 KiB too.
+MAX_HEAD: Final = 64 << 10
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
@@ -65,22 +70,35 @@ def _timeout(request: httpx.Request, which: str) -> float | None:
 
 
 def _request_head(request: httpx.Request, body: bytes) -> bytes:
-    """Request line and headers, refusing anything that would split them."""
-    method = request.method.encode("ascii")
+    """Request line and headers, refusing anything that would split them or
+    frame the body as something else than ``body`` (a caller's own
+    ``Content-Length`` or ``Transfer-Encoding`` must agree with it)."""
+    method = request.method.encode("ascii", "replace")
     target = request.url.raw_path
     if not _TOKEN.fullmatch(method):
         raise httpx.LocalProtocolError(f"invalid method {request.method!r}")
     if not target or _BAD_TARGET.search(target):
         raise httpx.LocalProtocolError(f"invalid request target {target!r}")
     lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-    chunked = False
+    lengths: list[bytes] = []
+    encodings: list[bytes] = []
     for name, value in request.headers.raw:
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             raise httpx.LocalProtocolError(f"invalid header {name!r}")
-        if name.lower() == b"transfer-encoding" and value.lower() == b"chunked":
-            chunked = True
+        lower = name.lower()
+        if lower == b"content-length":
+            lengths.append(value.strip())
+        elif lower == b"transfer-encoding":
+            encodings.append(value.strip().lower())
         lines += (name, b": ", value, b"\r\n")
     lines.append(b"\r\n")
+    chunked = encodings == [b"chunked"]
+    if (encodings and (lengths or not chunked)) or len(lengths) > 1:
+        raise httpx.LocalProtocolError("conflicting Content-Length / Transfer-Encoding headers")
+    if lengths and lengths[0] != b"%d" % len(body):
+        raise httpx.LocalProtocolError("Content-Length does not match the request body")
+    if body and not lengths and not chunked:
+        raise httpx.LocalProtocolError("a request body needs Content-Length")
     if chunked:  # httpx says chunked for a streamed body; it has been read whole by now
         if body:
             lines += (b"%x\r\n" % len(body), body, b"\r\n")
@@ -122,6 +140,8 @@ class _Connection(asyncio.Protocol):
         self._length_known = False
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
+        self._fed_body = 0
+        self._not_body = 0
         self._reading_paused = False
         self._writing_paused = False
         self._error: httpx.TransportError | None = None
@@ -139,15 +159,33 @@ class _Connection(asyncio.Protocol):
             self._fail(httpx.RemoteProtocolError("server sent data no request asked for"))
             return
         self._got_bytes = True
+        body_before = self._fed_body
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("server switched protocols unasked"))
+            return
         except httptools.HttpParserError as exc:
             if self._complete:  # bytes after the end of the response: it stands, the socket not
                 self.close()
+                return
+            cause = exc.__context__  # what a callback raised
+            if isinstance(cause, httpx.TransportError):
+                self._fail(cause)
             else:
                 self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+            return
+        if self._complete:
+            return
+        # Bytes that were not body, counted since the last body bytes: status
+        # lines and headers (interim ones included), then trailers.
+        if self._fed_body != body_before:
+            self._not_body = 0
+        else:
+            self._not_body += len(data)
+            if self._not_body > MAX_HEAD:
+                self._fail(httpx.RemoteProtocolError("response headers are too large"))
+                return
         if (
             self._buffered > HIGH_WATER
             and not self._reading_paused
@@ -172,7 +210,16 @@ class _Connection(asyncio.Protocol):
                 self._error = httpx.RemoteProtocolError(
                     "server closed the connection before the end of the body"
                 )
-            else:  # a body delimited by the end of the connection
+            elif exc is not None:
+                self._error = httpx.ReadError(f"connection failed during the body: {exc}")
+            elif self.origin[0] == b"https":
+                # asyncio reports a TCP close without TLS close_notify as a clean
+                # end, so a truncated body would pass for a whole one.
+                self._error = httpx.RemoteProtocolError(
+                    "a TLS response without Content-Length or chunked encoding "
+                    "cannot be told from a truncated one"
+                )
+            else:  # a body delimited by the (clean) end of the connection
                 self._complete = True
                 self._expecting = False
         self._wake()
@@ -193,10 +240,11 @@ class _Connection(asyncio.Protocol):
         if not self._expecting:
             raise httpx.RemoteProtocolError("server sent a response no request asked for")
         self._headers = []
+        self._reason = b""
         self._length_known = False
 
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason
+        self._reason += reason  # called once per piece when the line arrives split
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -220,8 +268,11 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._interim:
+            raise httpx.RemoteProtocolError("server sent an interim (1xx) response with a body")
         if self._head_only:
             return
+        self._fed_body += len(body)
         self._chunks.append(body)
         self._buffered += len(body)
         self._wake()
@@ -259,6 +310,29 @@ class _Connection(asyncio.Protocol):
     def usable(self) -> bool:
         return self.reusable and self.transport is not None and not self.transport.is_closing()
 
+    def idle(self) -> None:
+        """Back to the pool: nothing buffered, reading on (so that a close by
+        the server is noticed while idle)."""
+        self._chunks.clear()
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self.idle_since = time.monotonic()
+
+    def readable(self) -> bool:
+        """Whether the socket has something to read while idle: the server's
+        close (or stray bytes) that the event loop has not delivered yet.
+        Either way the connection must not carry another request."""
+        if self.transport is None:
+            return True
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
     async def _wait(self, timeout: float | None) -> None:
         self._waiter = self._loop.create_future()
         try:
@@ -274,7 +348,7 @@ class _Connection(asyncio.Protocol):
         self._headers_done = self._complete = self._got_bytes = self._interim = False
         self._error = None
         self._chunks.clear()
-        self._buffered = 0
+        self._buffered = self._not_body = 0
         self.served += 1
         self.transport.write(data)
         if self._writing_paused:
@@ -393,7 +467,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         await self._acquire_slot(_timeout(request, "pool"))
         try:
             for attempt in (0, 1):
-                conn = await self._connection(origin, _timeout(request, "connect"))
+                conn = await self._connection(
+                    origin, _timeout(request, "connect"), fresh=attempt > 0
+                )
                 reused = conn.served > 0
                 try:
                     await conn.send(
@@ -449,18 +525,23 @@ class Http11Transport(httpx.AsyncBaseTransport):
     def _release(self, conn: _Connection, *, keep: bool) -> None:
         self._release_slot()
         idle = self._idle.setdefault(conn.origin, [])
+        now = time.monotonic()
+        while idle and now - idle[0].idle_since >= self._expiry:  # oldest first
+            idle.pop(0).close()
         if keep and conn.usable and not self._closed and len(idle) < self._max_keepalive:
-            conn.idle_since = time.monotonic()
+            conn.idle()
             idle.append(conn)
         else:
             conn.close()
 
-    async def _connection(self, origin: Origin, timeout: float | None) -> _Connection:
+    async def _connection(
+        self, origin: Origin, timeout: float | None, *, fresh: bool = False
+    ) -> _Connection:
         idle = self._idle.get(origin)
         now = time.monotonic()
-        while idle:
+        while idle and not fresh:
             conn = idle.pop()
-            if conn.usable and now - conn.idle_since < self._expiry:
+            if conn.usable and now - conn.idle_since < self._expiry and not conn.readable():
                 return conn
             conn.close()
         scheme, host, port = origin

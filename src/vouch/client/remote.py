@@ -69,6 +69,8 @@ MAX_UNKNOWN_SIZE: Final = MAX_ROOT_SIZE
 MAX_KEY_SIZE: Final = 256 << 10
 MAX_ERROR_BODY: Final = 1 << 10
 MAX_CHANGEFEED_SIZE: Final = 16 << 20
+#: Go's http.Client stops after 10 redirects too.
+MAX_REDIRECTS: Final = 10
 
 CONNECT_TIMEOUT: Final = 30.0
 PING_TIMEOUT: Final = 5.0
@@ -329,7 +331,7 @@ class Remote:
             mounts=mounts,
             trust_env=trust_env,
             follow_redirects=False,
-            max_redirects=10,
+            max_redirects=MAX_REDIRECTS,
         )
 
     @property
@@ -511,18 +513,25 @@ class Remote:
             hdrs = dict(headers or {})
             if token is not None:
                 hdrs["Authorization"] = f"Bearer {token}"
-            request = self._client.build_request(method, url, content=content, headers=hdrs)
-            try:
-                # Go's client follows redirects for GET; a POST's body would be lost.
-                return await self._client.send(
-                    request, stream=True, follow_redirects=method == "GET"
-                )
-            except httpx.TooManyRedirects as exc:
-                raise BadResponse(f"trust server redirected too often: {exc}", url=url) from exc
-            except httpx.TransportError as exc:
-                raise Offline(
-                    f"unable to reach trust server at {self._url}: {exc}", url=url
-                ) from exc
+            request: httpx.Request | None = self._client.build_request(
+                method, url, content=content, headers=hdrs
+            )
+            # Go's client follows redirects for GET (a POST's body would be lost).
+            # They are followed here, not by httpx, which reads each redirect's
+            # body whole first: an endless one would fill memory.
+            for _ in range(MAX_REDIRECTS + 1):
+                assert request is not None
+                try:
+                    response = await self._client.send(request, stream=True)
+                except httpx.TransportError as exc:
+                    raise Offline(
+                        f"unable to reach trust server at {self._url}: {exc}", url=url
+                    ) from exc
+                request = response.next_request if method == "GET" else None
+                if request is None:
+                    return response
+                await response.aclose()  # its body is never read
+            raise BadResponse(f"trust server redirected more than {MAX_REDIRECTS} times", url=url)
 
         response = await self._auth.send(self._client, self._url, scope, read=read, send=send)
         try:
