@@ -714,3 +714,32 @@ async def test_remote_stops_after_too_many_redirects() -> None:
         with pytest.raises(Exception, match="302"):
             await remote.publish("example.com/a", {"root": b"{}"})
         assert len(srv.requests) == 1
+
+
+def test_one_client_under_successive_event_loops() -> None:
+    """A client made once and used under two ``asyncio.run`` calls (a script
+    calling the Python API twice): the second loop gets new connections and a
+    new slot semaphore instead of the first loop's."""
+    transport = Http11Transport(max_connections=1)
+    connections: list[int] = []
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        connections.append(n)
+        while await srv.read_request(r) is not None:
+            w.write(ok(b"ok"))
+
+    srv = Scripted(handler)
+
+    async def serve_and_get() -> bytes:
+        listener = await asyncio.start_server(srv._serve, "127.0.0.1", port)
+        async with listener:
+            c = httpx.AsyncClient(transport=transport)
+            response = await c.get(f"http://127.0.0.1:{port}/")
+            return response.content
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert asyncio.run(serve_and_get()) == b"ok"
+    assert asyncio.run(serve_and_get()) == b"ok"
+    assert len(connections) == 2

@@ -25,6 +25,8 @@ What it does and does not do:
 * A body cut short (fewer bytes than ``Content-Length``, an unfinished
   chunked body, a parse error) raises an httpx error; a connection is reused
   only after a complete response that allows keep-alive.
+* One event loop at a time: a transport used again under a new event loop
+  (a second ``asyncio.run``) drops the old loop's connections first.
 * Not supported: HTTP/2, upgrades, ``Expect: 100-continue``; interim (1xx)
   responses are skipped. Proxies are httpx's business: it mounts its own
   transports for them.
@@ -33,6 +35,7 @@ What it does and does not do:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import select
 import ssl
@@ -306,6 +309,12 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def forget(self) -> None:
+        """Drop a connection of an event loop that may be closed by now (whose
+        transports cannot schedule their own cleanup any more)."""
+        with contextlib.suppress(RuntimeError):
+            self.close()
+
     @property
     def usable(self) -> bool:
         return self.reusable and self.transport is not None and not self.transport.is_closing()
@@ -449,6 +458,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._expiry = keepalive_expiry
         self._idle: dict[Origin, list[_Connection]] = {}
         self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -510,6 +520,16 @@ class Http11Transport(httpx.AsyncBaseTransport):
     # -- the pool --
 
     async def _acquire_slot(self, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # Connections and the semaphore belong to the loop that made them; a
+            # client used again under a new ``asyncio.run`` starts afresh.
+            for conns in self._idle.values():
+                for conn in conns:
+                    conn.forget()
+            self._idle.clear()
+            self._loop = loop
+            self._slots = None
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_connections)
         try:
