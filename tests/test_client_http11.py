@@ -19,6 +19,7 @@ import hashlib
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -717,29 +718,51 @@ async def test_remote_stops_after_too_many_redirects() -> None:
 
 
 def test_one_client_under_successive_event_loops() -> None:
-    """A client made once and used under two ``asyncio.run`` calls (a script
-    calling the Python API twice): the second loop gets new connections and a
-    new slot semaphore instead of the first loop's."""
+    """A client made once and used under several ``asyncio.run`` calls (a script
+    calling the Python API twice): each loop gets new connections and a new slot
+    semaphore instead of the previous loop's (whose connections no loop reads
+    any more, and whose semaphore is bound to a closed loop)."""
     transport = Http11Transport(max_connections=1)
-    connections: list[int] = []
+    ready = threading.Event()
+    writers: list[asyncio.StreamWriter] = []
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
-        connections.append(n)
+        writers.append(w)
         while await srv.read_request(r) is not None:
+            await asyncio.sleep(0.05)  # so that the second request waits for the slot
             w.write(ok(b"ok"))
 
     srv = Scripted(handler)
 
-    async def serve_and_get() -> bytes:
-        listener = await asyncio.start_server(srv._serve, "127.0.0.1", port)
+    async def server_main() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        listener = await asyncio.start_server(srv._serve, "127.0.0.1", 0)
+        srv.url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+        ready.set()
         async with listener:
-            c = httpx.AsyncClient(transport=transport)
-            response = await c.get(f"http://127.0.0.1:{port}/")
-            return response.content
+            await stop.wait()
+            for w in writers:
+                w.close()
+            await asyncio.sleep(0.1)
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    assert asyncio.run(serve_and_get()) == b"ok"
-    assert asyncio.run(serve_and_get()) == b"ok"
-    assert len(connections) == 2
+    stop: asyncio.Event | None = None
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server_main(),))
+    thread.start()
+    assert ready.wait(5)
+
+    async def two_gets() -> list[bytes]:
+        c = httpx.AsyncClient(transport=transport, timeout=2)
+        responses = await asyncio.gather(c.get(srv.url), c.get(srv.url))
+        return [r.content for r in responses]
+
+    try:
+        for _ in range(3):
+            assert asyncio.run(two_gets()) == [b"ok", b"ok"]
+        assert srv.connections == 3  # one per loop, kept alive within it
+    finally:
+        assert stop is not None
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(5)
+        loop.close()
