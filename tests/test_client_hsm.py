@@ -230,3 +230,56 @@ def token_keys_any(hsm: SoftHSM) -> list[tufkeys.Key]:
                 {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC}
             )
         ]
+
+
+def test_root_rotated_onto_the_token_and_off_again(
+    tmp_path: Path, hsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``key rotate GUN root --hsm``: a repository whose root key is a file moves it
+    onto the token (the new root is signed by the old file key and, with its
+    certificate, by the token). The real notary CLI, which trusted the first
+    root, follows the rotation; a second rotation, off the token, is signed by
+    the token key, so the token really holds the root key in between."""
+    monkeypatch.setenv("SOFTHSM2_CONF", str(hsm.conf))
+    with VouchServer(tmp_path / "server") as server:
+        owner = vouch_cli(server, tmp_path / "owner" / "trust", hsm)
+        owner.run("init", GUN, "-p")
+        v1 = tmp_path / "v1.bin"
+        v1.write_bytes(b"image v1\n")
+        owner.run("add", GUN, "v1", str(v1), "-p")
+        notary = NotaryCLI(server.url, tmp_path / "notary" / "trust")
+        assert "v1" in notary.run("list", GUN).stdout  # notary now trusts root v1
+        (old_id,) = Metadata.from_bytes(
+            fetch(metadata_url(server.url, GUN, "root.json")), Root
+        ).signed.role_keys("root")
+
+        refused = owner.run("key", "rotate", GUN, "targets", "--hsm", check=False)
+        assert refused.returncode != 0 and "root key onto a token" in refused.stderr
+        owner.run("key", "rotate", GUN, "root", "--hsm", "-y")
+        root2 = Metadata.from_bytes(fetch(metadata_url(server.url, GUN, "root.json")), Root)
+        assert root2.signed.version == 2
+        ((new_id, cert_key),) = root2.signed.role_keys("root").items()
+        token_id = cert_key.canonical_keyid()
+        assert token_id in token_keys(hsm)
+        assert not list((owner.trust_dir / "private").glob(f"*{token_id}*.key"))
+        assert {s.keyid for s in root2.signatures} == {old_id, new_id}
+        cert = x509.load_pem_x509_certificate(tufkeys.b64decode(cert_key.public, "cert"))
+        assert cert.subject.rfc4514_string() == f"CN={GUN}"
+
+        v2 = tmp_path / "v2.bin"
+        v2.write_bytes(b"image v2\n")
+        owner.run("add", GUN, "v2", str(v2), "-p")
+        listed = notary.run("list", GUN).stdout
+        assert "v1" in listed and "v2" in listed, listed
+
+        # Off the token again: only the token can sign for root v2's key.
+        no_pin = vouch_cli(server, owner.trust_dir, hsm, VOUCH_PKCS11_PIN="")
+        failed = no_pin.run("key", "rotate", GUN, "root", "-y", check=False)
+        assert failed.returncode != 0 and "VOUCH_PKCS11_PIN" in failed.stderr, failed.stderr
+        owner.run("key", "rotate", GUN, "root", "-y")
+        root3 = Metadata.from_bytes(fetch(metadata_url(server.url, GUN, "root.json")), Root)
+        assert root3.signed.version == 3
+        assert new_id in {s.keyid for s in root3.signatures}
+        assert root3.verified_keyids({new_id: cert_key}, 1, "root")
+        assert "v2" in notary.run("list", GUN).stdout
+        assert "v2" in NotaryCLI(server.url, tmp_path / "fresh").run("list", GUN).stdout

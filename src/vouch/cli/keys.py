@@ -81,6 +81,19 @@ def key_list(options: GlobalOptions, as_json: bool) -> None:
     click.echo()
 
 
+def _object_id(value: str | None) -> bytes | None:
+    """``--pkcs11-id``'s hex as bytes."""
+    if value is None:
+        return None
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise CLIError(f"--pkcs11-id {value!r} is not hex") from None
+    if not raw:
+        raise CLIError("--pkcs11-id must not be empty")
+    return raw
+
+
 @client_command(key_group, "generate")
 @click.argument("algorithm", required=False, default="ecdsa")
 @click.option("-r", "--role", default="root", show_default=True, help="Role of the new key.")
@@ -124,12 +137,7 @@ def key_generate(
     if hsm:
         if algorithm != "ecdsa":
             raise CLIError("keys on a PKCS#11 token are ecdsa (P-256)")
-        try:
-            raw_id = bytes.fromhex(object_id) if object_id is not None else None
-        except ValueError:
-            raise CLIError(f"--pkcs11-id {object_id!r} is not hex") from None
-        if raw_id == b"":
-            raise CLIError("--pkcs11-id must not be empty")
+        raw_id = _object_id(object_id)
         ref = options.session().keystore().generate_on_token(role, object_id=raw_id)
         if output is not None:
             write_private(output.with_name(output.name + ".pem"), public_pem_of(ref.public, role))
@@ -166,6 +174,15 @@ def key_generate(
 @click.option("-k", "--key", "key_files", multiple=True, type=_FILE, help="New root key file.")
 @click.option("-l", "--legacy", type=int, default=0, help="Not supported by vouch yet.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before rotating the root key.")
+@click.option(
+    "--hsm", is_flag=True, help="Root only: make the new root key on a PKCS#11 token (ecdsa)."
+)
+@click.option(
+    "--pkcs11-id",
+    "object_id",
+    metavar="HEX",
+    help="With --hsm: use the token's key pair with this CKA_ID, or make it there.",
+)
 @pass_options
 def key_rotate(
     options: GlobalOptions,
@@ -175,16 +192,25 @@ def key_rotate(
     key_files: tuple[Path, ...],
     legacy: int,
     yes: bool,
+    hsm: bool,
+    object_id: str | None,
 ) -> None:
     """Rotates the key of a role (root, targets, snapshot or timestamp) and publishes."""
     if legacy:
         raise CLIError("--legacy (signing with old root versions) is not supported by vouch yet")
+    if object_id is not None and not hsm:
+        raise CLIError("--pkcs11-id needs --hsm")
+    if hsm and role != "root":
+        raise CLIError("--hsm rotates the root key onto a token; other roles stay in files")
     session = options.session()
     if role == "root":
         if server_managed:
             raise CLIError("the root key cannot be server-managed")
         if len(key_files) > 1:
             raise CLIError("vouch rotates root to exactly one key; give at most one --key")
+        if hsm and key_files:
+            raise CLIError("--hsm makes the new root key on the token: it cannot take --key")
+        raw_id = _object_id(object_id)
         key_id = None
         if key_files:
             from vouch.cli.keyio import read_private_key
@@ -200,7 +226,7 @@ def key_rotate(
         if not yes and not confirm("Are you sure you want to proceed?"):
             click.echo("\nAborting action.")
             return
-        session.run(gun, lambda repo: repo.rotate_root(key_id=key_id))
+        session.run(gun, lambda repo: repo.rotate_root(key_id=key_id, hsm=hsm, object_id=raw_id))
     elif role in BASE_ROTATABLE:
         if key_files:
             raise CLIError("--key is supported for the root role only (vouch generates the key)")

@@ -412,15 +412,27 @@ class Repository:
         await self.publish()
         return new
 
-    async def rotate_root(self, *, key_id: str | None = None, now: datetime | None = None) -> Key:
+    async def rotate_root(
+        self,
+        *,
+        key_id: str | None = None,
+        hsm: bool = False,
+        object_id: bytes | None = None,
+        now: datetime | None = None,
+    ) -> Key:
         """``notary key rotate <gun> root``: a new root key (or the stored ``key_id``)
         with a new certificate, published at once in a root signed by the old and
-        the new root keys. Staged changes are left staged, as with notary."""
+        the new root keys. Staged changes are left staged, as with notary.
+
+        ``hsm`` makes the new root key on the PKCS#11 token (``object_id``: its
+        CKA_ID, adopting a key pair already there), where the certificate is
+        signed too; ``key_id`` may also name a key already on a token."""
         from vouch.client.apply import Working, sign_working
         from vouch.client.changelist import role_change
-        from vouch.crypto.certs import root_key
         from vouch.crypto.privkey import PrivateKey
 
+        if key_id is not None and hsm:
+            raise RepositoryError("give a stored root key or --hsm, not both")
         now = now or timefmt.now()
         remote = self._remote()
         files, first = await self._published_files()
@@ -430,12 +442,13 @@ class Repository:
         old_keys = work.root.role_keys(roles.ROOT)
         if not self._signers(roles.ROOT, old_keys):
             raise RepositoryError("the current root key is not in this trust dir: cannot rotate")
-        if key_id is not None:
-            priv = self.keys.load(key_id)
-        else:
+        if hsm:
+            key_id = self.keys.generate_on_token(roles.ROOT, object_id=object_id).keyid
+        elif key_id is None:
             priv = PrivateKey.generate("ecdsa")
             self.keys.save(priv, roles.ROOT)
-        new = root_key(priv, self.gun, now=now)
+            key_id = priv.keyid
+        _, new = self._root_signer(key_id, None, now)
         _apply(work, role_change(roles.ROOT, [new]), now)
 
         def signers(role: str, keys: dict[str, Key]) -> list[Signer]:
