@@ -289,11 +289,13 @@ async def _read_error_body(response: httpx.Response) -> bytes:
 class Remote:
     """One trust server (``url``, e.g. ``https://notary.example.com:4443``).
 
-    Safe to share between concurrent tasks; connections are pooled and kept
-    alive. Use as ``async with Remote(url) as remote:`` or call
-    :meth:`aclose`. ``tls`` is a :class:`TLSConfig` or a ready
-    ``ssl.SSLContext``; ``auth`` a shared :class:`TokenAuth` (a fresh one by
-    default); ``transport`` replaces the network (tests, in-process servers).
+    Safe to share between concurrent tasks of one asyncio event loop (the
+    default transport, :class:`~vouch.client.http11.Http11Transport`, is
+    asyncio's; trio is not supported); connections are pooled and kept alive.
+    Use as ``async with Remote(url) as remote:`` or call :meth:`aclose`.
+    ``tls`` is a :class:`TLSConfig` or a ready ``ssl.SSLContext``; ``auth`` a
+    shared :class:`TokenAuth` (a fresh one by default); ``transport`` replaces
+    the network (tests, in-process servers).
     """
 
     def __init__(
