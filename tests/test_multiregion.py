@@ -65,19 +65,20 @@ class Region:
 class Regions:
     a: Region
     b: Region
-    keys: Path
+    keys: Path | None
     passphrase: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
 
-def _start_region(name: str, workdir: Path, keys: Path, passphrase: str) -> Region:
+def _start_region(name: str, workdir: Path, keys: Path | None, passphrase: str) -> Region:
+    """``keys``: one SQLite key store for both regions; None: each region keeps its
+    keys in its own CouchDB, in the key database beside the metadata."""
     couch = PouchDBServer(workdir / f"couch-{name}")
     couch.start()
     storage = f"couchdb://127.0.0.1:{couch.port}/{DB}?region={name}&regions=a,b&resolve_every=1"
-    vouch = VouchServer(
-        workdir / f"vouch-{name}",
-        storage=storage,
-        env={"VOUCH_KEYS__URL": f"sqlite:///{keys}", "NOTARY_SIGNER_VOUCH": passphrase},
-    )
+    env = {"NOTARY_SIGNER_VOUCH": passphrase}
+    if keys is not None:
+        env["VOUCH_KEYS__URL"] = f"sqlite:///{keys}"
+    vouch = VouchServer(workdir / f"vouch-{name}", storage=storage, env=env)
     try:
         vouch.start()
     except BaseException:
@@ -86,10 +87,10 @@ def _start_region(name: str, workdir: Path, keys: Path, passphrase: str) -> Regi
     return Region(name, couch, vouch)
 
 
-@pytest.fixture
-def regions(tmp_path: Path) -> Iterator[Regions]:
+@pytest.fixture(params=["shared-sqlite-keys"])
+def regions(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Regions]:
     require_notary_binaries()
-    keys = tmp_path / "keys.db"
+    keys = tmp_path / "keys.db" if request.param == "shared-sqlite-keys" else None
     passphrase = secrets.token_urlsafe(24)
     a = _start_region("a", tmp_path, keys, passphrase)
     try:
@@ -110,11 +111,16 @@ def regions(tmp_path: Path) -> Iterator[Regions]:
             r.couch.stop()
 
 
-def _replicate_continuously(rs: Regions) -> None:
-    """One ``_replicator`` document on each server, pushing to the other."""
+def _replicate_continuously(rs: Regions, suffix: str = "") -> None:
+    """One ``_replicator`` document on each server, pushing to the other
+    (``suffix``: of the database ``trust<suffix>``)."""
     for src, dst in ((rs.a, rs.b), (rs.b, rs.a)):
-        doc = {"source": src.db_url(), "target": dst.db_url(), "continuous": True}
-        resp = ch.couch("PUT", f"/_replicator/to-{dst.name}", doc, base=src.couch.url)
+        doc = {
+            "source": src.db_url() + suffix,
+            "target": dst.db_url() + suffix,
+            "continuous": True,
+        }
+        resp = ch.couch("PUT", f"/_replicator/to-{dst.name}{suffix}", doc, base=src.couch.url)
         assert resp.status_code in (201, 202), resp.text
 
 
@@ -326,3 +332,42 @@ def test_concurrent_publishes_in_both_regions_converge_on_one_verified_history(
     # Refusals of a lagging region's older timestamp are TUF's rollback protection at
     # work, not wrong answers; they must stay the exception.
     assert len(poller.stale) <= len(poller.answers), poller.stale[:5]
+
+
+@pytest.mark.parametrize("regions", ["own-couchdb-keys"], indirect=True)
+def test_server_keys_replicated_with_the_metadata_sign_in_both_regions(
+    regions: Regions, tmp_path: Path
+) -> None:
+    """Each region keeps its server-managed keys in its own CouchDB
+    (``trust_keys``), and that database replicates like the metadata: the
+    timestamp and snapshot keys region A creates sign region B's publishes,
+    and no region makes a second key of its own for the GUN."""
+    a, b = regions.a, regions.b
+    assert regions.keys is None
+    _replicate_continuously(regions)
+    _replicate_continuously(regions, "_keys")
+    cli_a = NotaryCLI(a.vouch.url, tmp_path / "trust", home=tmp_path / "home")
+    cli_a.run("init", GUN)
+    cli_a.run("add", GUN, "v1.0", _content(tmp_path, "v1.0"))
+    cli_a.run("publish", GUN)
+    cli_a.run("key", "rotate", GUN, "snapshot", "-r")  # a server-managed snapshot key, in A
+
+    def key_docs(region: Region) -> set[tuple[str, str, str]]:
+        resp = ch.couch("GET", f"/{DB}_keys/_all_docs?include_docs=true", base=region.couch.url)
+        if resp.status_code == 404:
+            return set()
+        docs = (row["doc"] for row in resp.json()["rows"])
+        return {(d["gun"], d["role"], d["_id"]) for d in docs if d.get("type") == "private_key"}
+
+    made_in_a = key_docs(a)
+    assert {(g, r) for g, r, _ in made_in_a} == {(GUN, "timestamp"), (GUN, "snapshot")}
+    _wait("A's keys to reach region B", lambda: key_docs(b) >= made_in_a)
+
+    cli_b = NotaryCLI(b.vouch.url, tmp_path / "trust", home=tmp_path / "home")
+    _wait("A's publishes to reach region B", lambda: _listed(cli_b) == {"v1.0"})
+    cli_b.run("add", GUN, "v1.1", _content(tmp_path, "v1.1"))
+    cli_b.run("publish", GUN)  # B signs snapshot and timestamp with A's keys
+    _wait("B's publish to reach region A", lambda: _listed(cli_a) == {"v1.0", "v1.1"})
+    fresh = NotaryCLI(a.vouch.url, tmp_path / "trust-fresh", home=tmp_path / "home-fresh")
+    assert _listed(fresh) == {"v1.0", "v1.1"}
+    assert key_docs(a) == key_docs(b) == made_in_a
