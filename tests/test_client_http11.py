@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from vouch.client.auth import Credentials, TokenAuth
 from vouch.client.errors import BadResponse, Offline, TooLarge
 from vouch.client.http11 import HIGH_WATER, MAX_HEAD, Http11Transport
 from vouch.client.remote import MAX_REDIRECTS, Remote, TLSConfig
@@ -707,9 +708,9 @@ async def test_remote_stops_after_too_many_redirects() -> None:
             w.write(b"HTTP/1.1 302 Found\r\nLocation: /hop%d\r\nContent-Length: 0\r\n\r\n" % hop)
 
     async with scripted(handler) as srv, Remote(srv.url, trust_env=False) as remote:
-        with pytest.raises(BadResponse, match="redirected more than 10"):
+        with pytest.raises(BadResponse, match="stopped after 10 redirects"):
             await remote.get_metadata("example.com/a", "root.json", 100)
-        assert len(srv.requests) == MAX_REDIRECTS + 1
+        assert len(srv.requests) == MAX_REDIRECTS  # as many requests as Go's client makes
         # A POST is never redirected: the 302 is the answer (an error for publish).
         srv.requests.clear()
         with pytest.raises(Exception, match="302"):
@@ -766,3 +767,52 @@ def test_one_client_under_successive_event_loops() -> None:
         loop.call_soon_threadsafe(stop.set)
         thread.join(5)
         loop.close()
+
+
+async def test_a_redirect_elsewhere_never_gets_the_trust_servers_credentials() -> None:
+    """The trust server redirects a GET to another origin, which answers 401 with
+    a Bearer challenge naming its own token realm. Answering it would send the
+    trust server's login there; the challenge is refused and not remembered."""
+
+    async def foreign(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await other.read_request(r) is not None:
+            challenge = f'Bearer realm="{other.url}/token",service="evil"'.encode()
+            w.write(
+                b"HTTP/1.1 401 No\r\nWWW-Authenticate: %s\r\nContent-Length: 0\r\n\r\n" % challenge
+            )
+
+    async def trust(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while (req := await srv.read_request(r)) is not None:
+            path = req.split(b" ")[1]
+            w.write(
+                b"HTTP/1.1 302 Found\r\nLocation: %s%s\r\nContent-Length: 0\r\n\r\n"
+                % (other.url.encode(), path)
+            )
+
+    logins: list[str] = []
+
+    def login(server: str) -> Credentials:
+        logins.append(server)
+        return Credentials("alice", "s3cret-for-the-trust-server", source="test")
+
+    auth = TokenAuth(login, environ={}, use_docker_config=False)
+    async with scripted(foreign) as other, scripted(trust) as srv:
+        async with Remote(srv.url, auth=auth, trust_env=False) as remote:
+            with pytest.raises(BadResponse, match="answers only the trust server's own"):
+                await remote.get_metadata("example.com/a", "root.json", 100)
+            assert auth.challenge_for(remote.url) is None
+        assert logins == []
+        assert not any(b"authorization" in q.lower() for q in other.requests)
+        assert all(b"/token" not in q.split(b"\r\n", 1)[0] for q in other.requests)
+
+
+async def test_a_redirect_to_another_scheme_than_http_is_refused() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await srv.read_request(r) is not None:
+            w.write(
+                b"HTTP/1.1 301 Moved\r\nLocation: ftp://example.com/x\r\nContent-Length: 0\r\n\r\n"
+            )
+
+    async with scripted(handler) as srv, Remote(srv.url, trust_env=False) as remote:
+        with pytest.raises(BadResponse, match="redirected to ftp://"):
+            await remote.get_metadata("example.com/a", "root.json", 100)

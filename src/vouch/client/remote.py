@@ -69,7 +69,8 @@ MAX_UNKNOWN_SIZE: Final = MAX_ROOT_SIZE
 MAX_KEY_SIZE: Final = 256 << 10
 MAX_ERROR_BODY: Final = 1 << 10
 MAX_CHANGEFEED_SIZE: Final = 16 << 20
-#: Go's http.Client stops after 10 redirects too.
+#: Requests in one redirect chain at most: Go's http.Client's limit ("stopped
+#: after 10 redirects", which it says on the 10th request's redirect).
 MAX_REDIRECTS: Final = 10
 
 CONNECT_TIMEOUT: Final = 30.0
@@ -258,6 +259,11 @@ def multipart_body(files: Mapping[str, bytes]) -> tuple[bytes, str]:
     return bytes(body), f"multipart/form-data; boundary={boundary}"
 
 
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return (url.scheme, url.host, url.port or default)
+
+
 def _envelope(body: bytes) -> tuple[str, str, Any, int]:
     """(code, message, detail, number of errors) of an errcode body; blanks if unparseable."""
     try:
@@ -314,6 +320,7 @@ class Remote:
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(f"trust server URL must be http(s)://host[:port]: {url!r}")
         self._url = url.rstrip("/")
+        self._origin = _origin(parsed)
         self._auth = auth if auth is not None else TokenAuth()
         self._ping_timeout = ping_timeout
         verify: ssl.SSLContext | bool = True
@@ -521,7 +528,7 @@ class Remote:
             # Go's client follows redirects for GET (a POST's body would be lost).
             # They are followed here, not by httpx, which reads each redirect's
             # body whole first: an endless one would fill memory.
-            for _ in range(MAX_REDIRECTS + 1):
+            for _ in range(MAX_REDIRECTS):
                 assert request is not None
                 try:
                     response = await self._client.send(request, stream=True)
@@ -531,9 +538,11 @@ class Remote:
                     ) from exc
                 request = response.next_request if method == "GET" else None
                 if request is None:
-                    return response
+                    return await self._own_challenge(response, url)
                 await response.aclose()  # its body is never read
-            raise BadResponse(f"trust server redirected more than {MAX_REDIRECTS} times", url=url)
+                if request.url.scheme not in ("http", "https"):
+                    raise BadResponse(f"trust server redirected to {request.url}", url=url)
+            raise BadResponse(f"trust server stopped after {MAX_REDIRECTS} redirects", url=url)
 
         response = await self._auth.send(self._client, self._url, scope, read=read, send=send)
         try:
@@ -548,6 +557,22 @@ class Remote:
             raise Offline(f"connection to {self._url} failed: {exc}", url=url) from exc
         finally:
             await response.aclose()
+
+    async def _own_challenge(self, response: httpx.Response, url: str) -> httpx.Response:
+        """``response``, unless it is a 401 from another origin than the trust
+        server's (a redirect led there): its challenge must not be answered, or
+        the trust server's credentials would go to a token realm that origin
+        chose. Go's notary client answers challenges only from the server it
+        pinged, too."""
+        if response.status_code == 401 and _origin(response.request.url) != self._origin:
+            await response.aclose()
+            raise BadResponse(
+                f"trust server redirected to {response.request.url.copy_with(query=None)}, "
+                "which asks for credentials: vouch answers only the trust server's own "
+                "challenges",
+                url=url,
+            )
+        return response
 
     async def _error(
         self, response: httpx.Response, *, gun: str, resource: str, url: str
