@@ -54,6 +54,7 @@ from vouch.client.errors import (
     UpdateRejected,
     VersionConflict,
 )
+from vouch.client.proxy import ProxyConfig
 from vouch.client.remote import (
     MAX_ERROR_BODY,
     MAX_ROOT_SIZE,
@@ -807,13 +808,12 @@ def test_system_roots_loaded_before_the_first_handshake() -> None:
 
 
 class ForwardProxy:
-    """An HTTP proxy on 127.0.0.1 that records each request line: ``CONNECT``
-    is tunnelled to its target, a plain (absolute-form) request is answered
-    by the proxy itself."""
+    """An HTTP proxy on 127.0.0.1 that records each request line: ``CONNECT`` is
+    tunnelled to port of its target on 127.0.0.1 (whatever the host name), a
+    plain (absolute-form) request is answered by the proxy itself."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.url = ""
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -825,8 +825,8 @@ class ForwardProxy:
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
                 await writer.drain()
                 return
-            host, port = target.rsplit(":", 1)
-            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            port = int(target.rsplit(":", 1)[1])
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
 
             async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -842,44 +842,105 @@ class ForwardProxy:
             writer.close()
 
 
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "request_method")
+
+
 async def test_proxies_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """HTTP_PROXY, HTTPS_PROXY and NO_PROXY apply as they did with httpx's own
-    transport: a plain request goes to the proxy in absolute form, a TLS one
-    through a CONNECT tunnel (the trust server still verified end to end),
-    and a NO_PROXY host directly."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+    """HTTPS_PROXY, HTTP_PROXY and NO_PROXY as the notary CLI applies them: a TLS
+    request goes through a CONNECT tunnel (the trust server still verified end
+    to end), a plain one to the proxy in absolute form, a NO_PROXY host and
+    loopback directly."""
+    for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
     proxy = ForwardProxy()
     listener = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
-    proxy_url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
-    paths = ensure_dev_tls(tmp_path / "tls", hostname="localhost")
+    proxy_url = f"127.0.0.1:{listener.sockets[0].getsockname()[1]}"  # no scheme: http://
+    paths = ensure_dev_tls(tmp_path / "tls", hostname="trust.test")
     app = build_app(TrustService(MemoryStore(), MemoryKeyService()))
     tls = {"ssl_certfile": str(paths.server_cert), "ssl_keyfile": str(paths.server_key)}
+    ca = TLSConfig(ca_file=paths.ca_cert)
     async with listener:
         with serve(app, **tls) as url:
-            https = url.replace("127.0.0.1", "localhost")
-            port = https.rsplit(":", 1)[1]
+            port = url.rsplit(":", 1)[1]
+            via_proxy = f"https://trust.test:{port}"  # a name only the proxy resolves
             monkeypatch.setenv("HTTP_PROXY", proxy_url)
             monkeypatch.setenv("HTTPS_PROXY", proxy_url)
-            async with Remote(https, tls=TLSConfig(ca_file=paths.ca_cert)) as r:
+            async with Remote(via_proxy, tls=ca) as r:
                 assert (await r.get_key("example.com/proxy", "timestamp")).keytype == "ecdsa"
-            assert proxy.lines == [f"CONNECT localhost:{port} HTTP/1.1"]
+            assert proxy.lines == [f"CONNECT trust.test:{port} HTTP/1.1"]
             async with Remote("http://plain.test:8080") as r:
                 assert await r.ping() is True  # answered by the proxy
             assert proxy.lines[-1] == "GET http://plain.test:8080/v2/ HTTP/1.1"
-            # Not when told not to: by NO_PROXY, or by trust_env=False.
-            monkeypatch.setenv("NO_PROXY", "example.org,localhost")
-            async with Remote(https, tls=TLSConfig(ca_file=paths.ca_cert)) as r:
+            # Loopback is never proxied (the dev certificate also names 127.0.0.1).
+            async with Remote(url, tls=ca) as r:
                 assert await r.ping() is True
+            assert len(proxy.lines) == 2
+            # Nor a NO_PROXY host (trust.test does not resolve: the attempt fails
+            # direct), nor anything with trust_env=False.
+            monkeypatch.setenv("NO_PROXY", "example.org, .other.test,TRUST.test")
+            async with Remote(via_proxy, tls=ca) as r:
+                assert await r.ping() is False
+            async with Remote("http://plain.test:8080", trust_env=False) as r:
+                assert await r.ping() is False
+            assert len(proxy.lines) == 2
+            # A SOCKS proxy cannot be used: the error names the variable.
+            monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1")
             monkeypatch.delenv("NO_PROXY")
-            async with Remote(https, tls=TLSConfig(ca_file=paths.ca_cert), trust_env=False) as r:
-                assert await r.ping() is True
-            assert len(proxy.lines) == 2
-            # NO_PROXY=* turns every proxy off.
-            monkeypatch.setenv("NO_PROXY", "*")
-            async with Remote("http://plain.test:8080") as r:
-                assert await r.ping() is False  # no such host, and no proxy to ask
-            assert len(proxy.lines) == 2
+            async with Remote(via_proxy, tls=ca) as r:
+                with pytest.raises(Offline, match="HTTPS_PROXY=socks5://"):
+                    await r.get_key("example.com/proxy", "timestamp")
+
+
+P = "http://p"
+
+
+@pytest.mark.parametrize(
+    ("environ", "url", "expected"),
+    [
+        ({"HTTPS_PROXY": "p:3128"}, "https://notary.example.com", "http://p:3128"),
+        ({"HTTPS_PROXY": "https://p"}, "http://notary.example.com", None),
+        ({"HTTP_PROXY": "http://p"}, "http://notary.example.com:4443", "http://p"),
+        # Upper case first; an empty value counts as unset; ALL_PROXY is not used.
+        ({"HTTPS_PROXY": "http://up", "https_proxy": "http://low"}, "https://a.b", "http://up"),
+        ({"HTTPS_PROXY": "", "https_proxy": "http://low"}, "https://a.b", "http://low"),
+        ({"ALL_PROXY": "http://all", "all_proxy": "http://all"}, "https://a.b", None),
+        # CGI: HTTP_PROXY may come from a request header (httpoxy).
+        ({"HTTP_PROXY": "http://p", "REQUEST_METHOD": "GET"}, "http://a.b", None),
+        ({"HTTPS_PROXY": "http://p", "REQUEST_METHOD": "GET"}, "https://a.b", "http://p"),
+        # Loopback and localhost, always direct.
+        ({"HTTPS_PROXY": "http://p"}, "https://localhost:4443", None),
+        ({"HTTPS_PROXY": "http://p"}, "https://127.0.0.2", None),
+        ({"HTTPS_PROXY": "http://p"}, "https://[::1]:4443", None),
+        # NO_PROXY: domains with and without their subdomains, ports, IPs, CIDR, *.
+        ({"HTTPS_PROXY": "http://p", "NO_PROXY": "example.com"}, "https://example.com", None),
+        ({"HTTPS_PROXY": "http://p", "NO_PROXY": "example.com"}, "https://a.example.com", None),
+        ({"HTTPS_PROXY": "http://p", "NO_PROXY": "example.com"}, "https://badexample.com", P),
+        ({"HTTPS_PROXY": "http://p", "NO_PROXY": ".example.com"}, "https://example.com", P),
+        ({"HTTPS_PROXY": "http://p", "NO_PROXY": "*.example.com"}, "https://a.example.com", None),
+        ({"HTTPS_PROXY": "http://p", "NO_PROXY": "*.example.com"}, "https://example.com", P),
+        ({"HTTPS_PROXY": "http://p", "NO_PROXY": "a.b:4443"}, "https://a.b:4443", None),
+        ({"HTTPS_PROXY": "http://p", "NO_PROXY": "a.b:4443"}, "https://a.b", P),
+        ({"HTTPS_PROXY": "http://p", "NO_PROXY": "10.0.0.0/8"}, "https://10.1.2.3", None),
+        ({"HTTPS_PROXY": "http://p", "NO_PROXY": "10.0.0.0/8"}, "https://11.1.2.3", P),
+        ({"HTTPS_PROXY": "http://p", "NO_PROXY": "10.1.2.3"}, "https://10.1.2.3:1", None),
+        (
+            {"HTTPS_PROXY": "http://p", "NO_PROXY": "[2001:db8::1]:443"},
+            "https://[2001:db8::1]",
+            None,
+        ),
+        ({"HTTPS_PROXY": "http://p", "NO_PROXY": "2001:db8::/32"}, "https://[2001:db8::5]", None),
+        ({"HTTPS_PROXY": "http://p", "no_proxy": "*"}, "https://anything.example", None),
+        ({"HTTPS_PROXY": "http://p", "NO_PROXY": " , ,bad/cidr"}, "https://a.b", P),
+    ],
+)
+def test_which_requests_go_through_the_proxy(
+    environ: dict[str, str], url: str, expected: str | None
+) -> None:
+    """Go's rules (golang.org/x/net/http/httpproxy), which the notary CLI uses."""
+    config = ProxyConfig.from_environment(environ)
+    proxy = config.proxy_for(httpx.URL(url)) if config is not None else None
+    assert (proxy.url if proxy else None) == expected
+    assert ProxyConfig.from_environment({"NO_PROXY": "x", "ALL_PROXY": "http://p"}) is None

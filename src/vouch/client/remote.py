@@ -19,9 +19,7 @@ deliberately dumb about TUF and strict about HTTP:
 from __future__ import annotations
 
 import functools
-import ipaddress
 import json
-import os
 import re
 import secrets
 import ssl
@@ -58,6 +56,7 @@ from vouch.client.errors import (
     VersionConflict,
 )
 from vouch.client.http11 import Http11Transport
+from vouch.client.proxy import ProxyConfig, ProxyRouter
 from vouch.tuf import timefmt
 from vouch.tuf.errors import FormatError
 from vouch.tuf.keys import Key
@@ -147,56 +146,6 @@ class TLSConfig:
         if self.client_cert is not None and self.client_key is not None:
             ctx.load_cert_chain(self.client_cert, self.client_key)
         return ctx
-
-
-_PROXY_VARIABLES: Final = frozenset({"http_proxy", "https_proxy", "all_proxy"})
-
-
-def environment_proxies(verify: ssl.SSLContext) -> dict[str, httpx.AsyncBaseTransport | None]:
-    """httpx mounts for the proxies named by ``HTTP_PROXY``, ``HTTPS_PROXY``,
-    ``ALL_PROXY`` and ``NO_PROXY`` (either case), with httpx's own rules.
-
-    httpx applies them itself only when it builds its default transport; with
-    :class:`Http11Transport` in its place they are mounted here. A proxied
-    request goes through httpx's proxy transport (``verify`` checks the trust
-    server through the tunnel); ``None`` sends a ``NO_PROXY`` host direct.
-    ``NO_PROXY`` names hosts (``localhost``, an IP address, ``example.com``
-    for it and its subdomains, ``.example.com`` for the subdomains only) or
-    is ``*`` for none at all.
-    """
-    if not any(name.lower() in _PROXY_VARIABLES for name in os.environ):
-        return {}
-    from urllib.request import getproxies  # noqa: PLC0415 (about 10 ms, rarely needed)
-
-    found = getproxies()
-    mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
-    for scheme in ("http", "https", "all"):
-        if url := found.get(scheme):
-            proxy = url if "://" in url else f"http://{url}"
-            mounts[f"{scheme}://"] = httpx.AsyncHTTPTransport(proxy=proxy, verify=verify)
-    for raw in found.get("no", "").split(","):
-        host = raw.strip()
-        if host == "*":
-            return {}
-        if not host:
-            continue
-        if "://" in host:
-            mounts[host] = None
-        elif host.lower() == "localhost" or _ip_version(host) == 4:
-            mounts[f"all://{host}"] = None
-        elif _ip_version(host) == 6:
-            mounts[f"all://[{host}]"] = None
-        else:
-            mounts[f"all://*{host}"] = None
-    return mounts
-
-
-def _ip_version(host: str) -> int | None:
-    """4 or 6 for an IP address (a ``/prefix`` is ignored, as httpx does), else None."""
-    try:
-        return ipaddress.ip_address(host.split("/", 1)[0]).version
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -324,12 +273,14 @@ class Remote:
         self._auth = auth if auth is not None else TokenAuth()
         self._ping_timeout = ping_timeout
         verify: ssl.SSLContext | bool = True
-        mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
         if transport is None:
             verify = tls if isinstance(tls, ssl.SSLContext) else (tls or TLSConfig()).ssl_context()
             transport = Http11Transport(ssl_context=verify)
-            if trust_env:
-                mounts = environment_proxies(verify)
+            # httpx reads proxies from the environment only for its own default
+            # transport (and by rules of its own): vouch follows notary's.
+            proxies = ProxyConfig.from_environment() if trust_env else None
+            if proxies is not None:
+                transport = ProxyRouter(transport, proxies, verify)
         self._client = httpx.AsyncClient(
             verify=verify,
             timeout=timeout or DEFAULT_TIMEOUT,
@@ -337,7 +288,6 @@ class Remote:
             # compressed body cannot expand past a limit inside one chunk.
             headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
             transport=transport,
-            mounts=mounts,
             trust_env=trust_env,
             follow_redirects=False,
             max_redirects=MAX_REDIRECTS,
