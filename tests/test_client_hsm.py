@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,168 @@ def test_root_rotated_onto_the_token_and_off_again(
         assert root3.verified_keyids({new_id: cert_key}, 1, "root")
         assert "v2" in notary.run("list", GUN).stdout
         assert "v2" in NotaryCLI(server.url, tmp_path / "fresh").run("list", GUN).stdout
+
+
+def _token_key_objects(hsm: SoftHSM) -> list[tuple[str, str]]:
+    """(class, CKA_ID hex) of every key object on the token, from a fresh session."""
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+    import pkcs11
+    from pkcs11 import Attribute, ObjectClass
+
+    lib = pkcs11.lib(hsm.module)
+    lib.reinitialize()
+    with lib.get_token(token_label=hsm.label).open(user_pin=hsm.pin) as session:
+        return sorted(
+            (str(o[Attribute.CLASS]), bytes(o[Attribute.ID]).hex())
+            for cls in (ObjectClass.PUBLIC_KEY, ObjectClass.PRIVATE_KEY)
+            for o in session.get_objects({Attribute.CLASS: cls})
+        )
+
+
+def _put_key_pair(hsm: SoftHSM, object_id: bytes, kind: str) -> None:
+    """A key pair made by another tool under ``object_id``: RSA or an EC curve."""
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+    import pkcs11
+    from pkcs11 import Attribute, KeyType
+    from pkcs11.util.ec import encode_named_curve_parameters
+
+    lib = pkcs11.lib(hsm.module)
+    lib.reinitialize()
+    with lib.get_token(token_label=hsm.label).open(rw=True, user_pin=hsm.pin) as session:
+        if kind == "rsa":
+            session.generate_keypair(KeyType.RSA, 2048, store=True, id=object_id, label=kind)
+        else:
+            params = session.create_domain_parameters(
+                KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(kind)}, local=True
+            )
+            params.generate_keypair(store=True, id=object_id, label=kind)
+
+
+def _server_at(url: str) -> VouchServer:
+    """Something with a ``url``, for :func:`vouch_cli` to point a client at."""
+    return types.SimpleNamespace(url=url)  # type: ignore[return-value]
+
+
+class _Front:
+    """In front of a trust server: GETs pass through, every POST is answered with
+    ``status`` (400: a validation refusal, nothing stored; 503: no telling)."""
+
+    def __init__(self, target: str, status: int) -> None:
+        import http.server
+        import threading
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                try:
+                    with opener.open(target + self.path) as r:
+                        code, body = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    code, body = e.code, e.read()
+                self._answer(code, body)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = b'{"errors":[{"code":"INVALID_UPDATE","message":"refused","detail":null}]}'
+                self._answer(status, body if status == 400 else b"")
+
+            def _answer(self, code: int, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["rsa", "secp384r1"])
+def test_pkcs11_id_of_another_kind_of_key_is_refused(
+    tmp_path: Path, hsm: SoftHSM, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """``--pkcs11-id`` naming an RSA or P-384 key pair: vouch neither adopts it nor
+    makes a P-256 pair beside it under the same CKA_ID (a PIV slot on ykcs11)."""
+    monkeypatch.setenv("SOFTHSM2_CONF", str(hsm.conf))
+    with VouchServer(tmp_path / "server") as server:
+        owner = vouch_cli(server, tmp_path / "owner" / "trust", hsm)
+        owner.run("init", GUN, "-p")
+        _put_key_pair(hsm, b"\x42", kind)
+        before = _token_key_objects(hsm)
+        failed = owner.run(
+            "key", "rotate", GUN, "root", "--hsm", "--pkcs11-id", "42", "-y", check=False
+        )
+        assert failed.returncode != 0
+        assert "other keys under CKA_ID 42" in failed.stderr, failed.stderr
+        assert _token_key_objects(hsm) == before
+        root = Metadata.from_bytes(fetch(metadata_url(server.url, GUN, "root.json")), Root)
+        assert root.signed.version == 1
+        assert not list((owner.trust_dir / "private").glob("pkcs11/*.json"))
+        generated = owner.run("key", "generate", "--hsm", "--pkcs11-id", "42", check=False)
+        assert generated.returncode != 0 and "CKA_ID 42" in generated.stderr
+
+
+def test_root_rotation_refused_by_the_server_leaves_no_key_behind(
+    tmp_path: Path, hsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server refuses the new root (400: nothing stored): the key pair made
+    for it is destroyed and its reference removed, so nothing half-done stays;
+    with a file key, the file goes."""
+    monkeypatch.setenv("SOFTHSM2_CONF", str(hsm.conf))
+    with VouchServer(tmp_path / "server") as server:
+        owner = vouch_cli(server, tmp_path / "owner" / "trust", hsm)
+        owner.run("init", GUN, "-p")
+
+        def key_files() -> list[str]:
+            return sorted(p.name for p in (owner.trust_dir / "private").rglob("*") if p.is_file())
+
+        keys_before = key_files()
+        front = _Front(server.url, 400)
+        try:
+            refused = vouch_cli(_server_at(front.url), owner.trust_dir, hsm)
+            for args in (("--hsm",), ("--hsm", "--pkcs11-id", "0a"), ()):
+                failed = refused.run("key", "rotate", GUN, "root", *args, "-y", check=False)
+                assert failed.returncode != 0 and "refused" in failed.stderr, failed.stderr
+                assert _token_key_objects(hsm) == []
+                assert key_files() == keys_before
+        finally:
+            front.close()
+
+
+def test_root_rotation_with_an_unknown_outcome_keeps_the_key_for_a_retry(
+    tmp_path: Path, hsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publish fails without saying whether the server stored it (503 from
+    something in front): the new key stays (the server may hold a root naming
+    it), the error says how to retry with it, and the retry uses that key
+    rather than making another."""
+    monkeypatch.setenv("SOFTHSM2_CONF", str(hsm.conf))
+    with VouchServer(tmp_path / "server") as server:
+        owner = vouch_cli(server, tmp_path / "owner" / "trust", hsm)
+        owner.run("init", GUN, "-p")
+        front = _Front(server.url, 503)
+        try:
+            unsure = vouch_cli(_server_at(front.url), owner.trust_dir, hsm)
+            failed = unsure.run("key", "rotate", GUN, "root", "--hsm", "-y", check=False)
+        finally:
+            front.close()
+        assert failed.returncode != 0
+        hint = failed.stderr.split("retry with --hsm --pkcs11-id ", 1)
+        assert len(hint) == 2, failed.stderr
+        cka = hint[1].split()[0]
+        kept = _token_key_objects(hsm)
+        assert len(kept) == 2
+        owner.run("key", "rotate", GUN, "root", "--hsm", "--pkcs11-id", cka, "-y")
+        assert _token_key_objects(hsm) == kept  # the same pair, nothing new
+        root = Metadata.from_bytes(fetch(metadata_url(server.url, GUN, "root.json")), Root)
+        assert root.signed.version == 2
+        ((_, cert_key),) = root.signed.role_keys("root").items()
+        assert cert_key.canonical_keyid() in token_keys(hsm)

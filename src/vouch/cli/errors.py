@@ -61,4 +61,6 @@ def report(exc: BaseException, ctx: click.Context) -> click.ClickException:
     if options is not None and options.debug:
         traceback.print_exception(exc, file=sys.stderr)
     message = describe(exc) or type(exc).__name__
+    for note in getattr(exc, "__notes__", ()):  # what to do next, added where it was known
+        message += f" {note}"
     return CLIError(" ".join(message.split("\n")))

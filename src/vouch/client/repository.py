@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from vouch.client.changelist import Change, Changelist
     from vouch.crypto.keystore import KeyStore, PassphraseRetriever
     from vouch.crypto.privkey import PrivateKey
-    from vouch.crypto.tokenkeys import TokenProvider
+    from vouch.crypto.tokenkeys import TokenKeyRef, TokenProvider
 
 __all__ = ["Repository", "RepositoryError", "TargetInfo"]
 
@@ -429,7 +429,9 @@ class Repository:
         signed too; ``key_id`` may also name a key already on a token."""
         from vouch.client.apply import Working, sign_working
         from vouch.client.changelist import role_change
+        from vouch.crypto.keystore import KeyStoreError
         from vouch.crypto.privkey import PrivateKey
+        from vouch.crypto.tokenerrors import TokenError
 
         if key_id is not None and hsm:
             raise RepositoryError("give a stored root key or --hsm, not both")
@@ -442,21 +444,45 @@ class Repository:
         old_keys = work.root.role_keys(roles.ROOT)
         if not self._signers(roles.ROOT, old_keys):
             raise RepositoryError("the current root key is not in this trust dir: cannot rotate")
+        made: TokenKeyRef | str | None = None  # what to undo if the rotation is refused
         if hsm:
-            key_id = self.keys.generate_on_token(roles.ROOT, object_id=object_id).keyid
+            made = self.keys.generate_on_token(roles.ROOT, object_id=object_id, reuse_ref=True)
+            key_id = made.keyid
+            if any(k.canonical_keyid() == key_id for k in old_keys.values()):
+                raise RepositoryError(f"key {key_id} is the current root key already")
         elif key_id is None:
             priv = PrivateKey.generate("ecdsa")
             self.keys.save(priv, roles.ROOT)
-            key_id = priv.keyid
-        _, new = self._root_signer(key_id, None, now)
-        _apply(work, role_change(roles.ROOT, [new]), now)
+            key_id = made = priv.keyid
 
         def signers(role: str, keys: dict[str, Key]) -> list[Signer]:
             # The old root's keys vouch for the new root, the new key for itself.
             return self._signers(role, {**old_keys, **keys} if role == roles.ROOT else keys)
 
-        upload = sign_working(work, signers, now)
-        await remote.publish(self.gun, upload.files)
+        try:
+            _, new = self._root_signer(key_id, None, now)
+            _apply(work, role_change(roles.ROOT, [new]), now)
+            upload = sign_working(work, signers, now)
+            await remote.publish(self.gun, upload.files)
+        except (errors.UpdateRejected, TrustError, KeyStoreError, TokenError):
+            # Refused, or failed before anything was sent: no root names the new key.
+            # (Not after a network failure: the server may have stored the new root.)
+            if isinstance(made, str):
+                self.keys.remove(made)
+            elif made is not None and made.created:
+                # A key pair this call made goes; an adopted or earlier one stays
+                # referenced, so that a retry with the same --pkcs11-id uses it.
+                self.keys.discard_token_key(made)
+            raise
+        except errors.RemoteError as exc:
+            if made is not None and not isinstance(made, str) and made.created:
+                cka = object_id.hex() if object_id is not None else made.keyid
+                exc.add_note(
+                    f"The new root key {made.keyid} stays on the token in case the server "
+                    "stored the new root; if it did not, retry with --hsm --pkcs11-id "
+                    f"{cka} to use that key."
+                )
+            raise
         return new
 
 

@@ -314,13 +314,21 @@ class KeyStore:
         return token
 
     def generate_on_token(
-        self, role: str, gun: str = "", *, object_id: bytes | None = None
+        self,
+        role: str,
+        gun: str = "",
+        *,
+        object_id: bytes | None = None,
+        reuse_ref: bool = False,
     ) -> TokenKeyRef:
         """A new ECDSA P-256 key generated inside the configured token, and its reference.
 
         With ``object_id``, the key pair with that ``CKA_ID`` is used if the token
         already has one (made with the vendor's tool, e.g. ``ykman`` in a PIV
-        slot); otherwise the new key is generated under that ``CKA_ID``.
+        slot); otherwise the new key is generated under that ``CKA_ID``. A key
+        pair already referenced in this trust dir is refused, unless
+        ``reuse_ref`` (and the reference has this role): then that reference
+        is returned (a rotation retried after it failed).
         """
         if not role:
             raise ValueError("a stored key needs a role")
@@ -328,8 +336,12 @@ class KeyStore:
             raise KeyStoreError("no PKCS#11 token is configured")
         token = self._tokens(None, None)
         existing = token.find_key_pair(object_id) if object_id is not None else None
+        created = existing is None
         if existing is not None:
-            if self.token_ref(existing.keyid) is not None:
+            known = self.token_ref(existing.keyid)
+            if known is not None:
+                if reuse_ref and known.role == role:
+                    return known
                 raise KeyStoreError(f"key {existing.keyid} is already in this trust dir")
             public = existing
         else:
@@ -341,11 +353,20 @@ class KeyStore:
             public,
             token.config.module,
             token.config.token_label or None,
+            created=created,
         )
         path = self.token_dir / f"{ref.keyid}{REF_EXTENSION}"
         _make_private_dirs(path.parent)
         _atomic_write(path, ref.to_json())
         return ref
+
+    def discard_token_key(self, ref: TokenKeyRef) -> None:
+        """Undo :meth:`generate_on_token`: drop the reference and, if that call made
+        the key pair, destroy it on the token (an adopted one stays)."""
+        path = self.token_dir / f"{ref.keyid}{REF_EXTENSION}"
+        path.unlink(missing_ok=True)
+        if ref.created:
+            self.token_for(ref).destroy(ref.keyid)
 
     def signer(self, key_id: str, as_key: Key | None = None) -> Signer:
         """A signer for the key with this ID, presented under ``as_key``'s ID (a root

@@ -264,16 +264,38 @@ class Token:
         return self._call("generating a key", generate)
 
     def find_key_pair(self, object_id: bytes) -> Key | None:
-        """The public key of the EC key pair whose ``CKA_ID`` is ``object_id`` (made by
-        another tool: ``ykman``, ``pkcs11-tool``, a cloud console), or None."""
+        """The public key of the ECDSA P-256 key pair whose ``CKA_ID`` is ``object_id``
+        (made by another tool: ``ykman``, ``pkcs11-tool``, a cloud console), or None
+        when no key has that ``CKA_ID``.
+
+        Other keys under that ``CKA_ID`` (RSA, another curve, a lone half, two
+        pairs) are refused: vouch neither uses them nor adds a key beside them
+        (on ykcs11 the ``CKA_ID`` is a PIV slot, and a new key would replace the
+        one there). Certificates and data objects under it do not matter.
+        """
 
         def look() -> Key | None:
-            for obj in self._objects(
-                {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: object_id}
+            keys = [
+                obj
+                for cls in (ObjectClass.PUBLIC_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.SECRET_KEY)
+                for obj in self._objects({Attribute.CLASS: cls, Attribute.ID: object_id})
+            ]
+            if not keys:
+                return None
+            public = [o for o in keys if o[Attribute.CLASS] == ObjectClass.PUBLIC_KEY]
+            private = [o for o in keys if o[Attribute.CLASS] == ObjectClass.PRIVATE_KEY]
+            if (
+                len(keys) == 2
+                and len(public) == len(private) == 1
+                and all(o[Attribute.KEY_TYPE] == KeyType.EC for o in keys)
+                and bytes(public[0][Attribute.EC_PARAMS]) == encode_named_curve_parameters(_CURVE)
             ):
-                if obj[Attribute.KEY_TYPE] == KeyType.EC:
-                    return _public_key(obj)
-            return None
+                return _public_key(public[0])
+            raise TokenError(
+                f"the {self.config.describe()} holds other keys under CKA_ID "
+                f"{object_id.hex()} than one ECDSA P-256 key pair: vouch neither uses "
+                "them nor adds a key beside them; choose another --pkcs11-id"
+            )
 
         return self._call("looking up a key pair", look)
 
@@ -372,10 +394,16 @@ class Token:
         def destroy() -> None:
             self._keys.pop(key_id, None)
             raw = key_id_bytes(key_id)
-            for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
-                for obj in list(
-                    self._session.get_objects({Attribute.CLASS: cls, Attribute.ID: raw})
+            publics = self._objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: raw})
+            if not publics:  # a CKA_ID chosen by the user: find the pair by its public key
+                for public in self._objects(
+                    {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC}
                 ):
+                    if _public_key(public).keyid == key_id:
+                        raw = bytes(public[Attribute.ID])
+                        break
+            for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                for obj in self._objects({Attribute.CLASS: cls, Attribute.ID: raw}):
                     obj.destroy()
 
         self._call(f"deleting key {key_id}", destroy)
