@@ -816,3 +816,35 @@ async def test_a_redirect_to_another_scheme_than_http_is_refused() -> None:
     async with scripted(handler) as srv, Remote(srv.url, trust_env=False) as remote:
         with pytest.raises(BadResponse, match="redirected to ftp://"):
             await remote.get_metadata("example.com/a", "root.json", 100)
+
+
+async def test_a_token_realm_that_redirects_is_followed() -> None:
+    """docker's token client follows the realm's redirects (Go's http.Client);
+    so does vouch's, keeping the login on the same origin, without reading the
+    redirect's body."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while (req := await srv.read_request(r)) is not None:
+            line, _, rest = req.partition(b"\r\n")
+            path = line.split(b" ")[1]
+            authorized = b"authorization: bearer the-token" in rest.lower()
+            if path.startswith(b"/auth?"):
+                w.write(b"HTTP/1.1 307 Moved\r\nLocation: /auth2?" + path.split(b"?", 1)[1])
+                w.write(b"\r\nContent-Length: 4\r\n\r\nnope")
+            elif path.startswith(b"/auth2?") and b"authorization: basic " in rest.lower():
+                w.write(ok(b'{"token": "the-token"}'))
+            elif authorized:
+                w.write(ok(b"{}"))
+            else:
+                challenge = f'Bearer realm="{srv.url}/auth",service="trust"'.encode()
+                w.write(b"HTTP/1.1 401 No\r\nWWW-Authenticate: %s\r\n" % challenge)
+                w.write(b"Content-Length: 0\r\n\r\n")
+
+    def login(server: str) -> Credentials:
+        return Credentials("alice", "pw", source="test")
+
+    auth = TokenAuth(login, environ={}, use_docker_config=False)
+    async with scripted(handler) as srv, Remote(srv.url, auth=auth, trust_env=False) as remote:
+        assert await remote.get_metadata("example.com/a", "root.json", 100) == b"{}"
+    paths = [q.split(b" ")[1].split(b"?")[0] for q in srv.requests]
+    assert paths[-3:] == [b"/auth", b"/auth2", b"/v2/example.com/a/_trust/tuf/root.json"]

@@ -450,6 +450,34 @@ async def read_capped(response: httpx.Response, limit: int, *, what: str, url: s
     return bytes(body)
 
 
+#: Requests in one redirect chain at most: Go's http.Client's limit ("stopped
+#: after 10 redirects", which it says on the 10th request's redirect).
+MAX_REDIRECTS: Final = 10
+
+
+async def send_following(
+    client: httpx.AsyncClient, request: httpx.Request, *, what: str
+) -> httpx.Response:
+    """``request`` sent, its redirects followed if it is a GET (as Go's client
+    does; a POST's body would be lost): at most :data:`MAX_REDIRECTS` requests,
+    to http(s) URLs only. httpx would read each redirect's body whole first (an
+    endless one would fill memory); here it is never read. httpx still builds
+    each next request (an ``Authorization`` header is dropped on the way to
+    another origin). Transport errors are the caller's to map.
+    """
+    url = str(request.url)
+    for _ in range(MAX_REDIRECTS):
+        response = await client.send(request, stream=True, follow_redirects=False)
+        following = response.next_request if request.method == "GET" else None
+        if following is None:
+            return response
+        await response.aclose()  # its body is never read
+        if following.url.scheme not in ("http", "https"):
+            raise BadResponse(f"{what} redirected to {following.url}", url=url)
+        request = following
+    raise BadResponse(f"{what} stopped after {MAX_REDIRECTS} redirects", url=url)
+
+
 def _with_query(realm: str, params: Mapping[str, str]) -> str:
     """``realm`` plus ``params``, all keys sorted as Go's ``url.Values.Encode`` does."""
     parts = urlsplit(realm)
@@ -746,7 +774,7 @@ class TokenAuth:
             request = client.build_request("GET", _with_query(realm, params), headers=headers)
         self.token_requests += 1
         try:
-            response = await client.send(request, stream=True)
+            response = await send_following(client, request, what=f"the token server at {realm}")
         except httpx.TransportError as exc:
             raise Offline(f"unable to reach the token server at {realm}: {exc}", url=realm) from exc
         try:
@@ -778,6 +806,7 @@ class TokenAuth:
 
 __all__ = [
     "ADMIN",
+    "MAX_REDIRECTS",
     "CATALOG_SCOPE",
     "PULL",
     "PUSH_PULL",
@@ -795,4 +824,5 @@ __all__ = [
     "read_capped",
     "repository_scope",
     "run_credential_helper",
+    "send_following",
 ]

@@ -38,12 +38,14 @@ from vouch import __version__
 from vouch.client.auth import (
     ADMIN,
     CATALOG_SCOPE,
+    MAX_REDIRECTS,
     PULL,
     PUSH_PULL,
     TokenAuth,
     bearer_challenge,
     read_capped,
     repository_scope,
+    send_following,
 )
 from vouch.client.errors import (
     BadResponse,
@@ -68,9 +70,6 @@ MAX_UNKNOWN_SIZE: Final = MAX_ROOT_SIZE
 MAX_KEY_SIZE: Final = 256 << 10
 MAX_ERROR_BODY: Final = 1 << 10
 MAX_CHANGEFEED_SIZE: Final = 16 << 20
-#: Requests in one redirect chain at most: Go's http.Client's limit ("stopped
-#: after 10 redirects", which it says on the 10th request's redirect).
-MAX_REDIRECTS: Final = 10
 
 CONNECT_TIMEOUT: Final = 30.0
 PING_TIMEOUT: Final = 5.0
@@ -472,27 +471,14 @@ class Remote:
             hdrs = dict(headers or {})
             if token is not None:
                 hdrs["Authorization"] = f"Bearer {token}"
-            request: httpx.Request | None = self._client.build_request(
-                method, url, content=content, headers=hdrs
-            )
-            # Go's client follows redirects for GET (a POST's body would be lost).
-            # They are followed here, not by httpx, which reads each redirect's
-            # body whole first: an endless one would fill memory.
-            for _ in range(MAX_REDIRECTS):
-                assert request is not None
-                try:
-                    response = await self._client.send(request, stream=True)
-                except httpx.TransportError as exc:
-                    raise Offline(
-                        f"unable to reach trust server at {self._url}: {exc}", url=url
-                    ) from exc
-                request = response.next_request if method == "GET" else None
-                if request is None:
-                    return await self._own_challenge(response, url)
-                await response.aclose()  # its body is never read
-                if request.url.scheme not in ("http", "https"):
-                    raise BadResponse(f"trust server redirected to {request.url}", url=url)
-            raise BadResponse(f"trust server stopped after {MAX_REDIRECTS} redirects", url=url)
+            request = self._client.build_request(method, url, content=content, headers=hdrs)
+            try:
+                response = await send_following(self._client, request, what="trust server")
+            except httpx.TransportError as exc:
+                raise Offline(
+                    f"unable to reach trust server at {self._url}: {exc}", url=url
+                ) from exc
+            return await self._own_challenge(response, url)
 
         response = await self._auth.send(self._client, self._url, scope, read=read, send=send)
         try:
