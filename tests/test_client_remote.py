@@ -821,10 +821,13 @@ class ForwardProxy:
             line = head.split(b"\r\n", 1)[0].decode()
             self.lines.append(line)
             method, target, _ = line.split(" ")
-            if method != "CONNECT":
+            while method != "CONNECT":  # answered here, the connection kept alive
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
                 await writer.drain()
-                return
+                head = await reader.readuntil(b"\r\n\r\n")
+                line = head.split(b"\r\n", 1)[0].decode()
+                self.lines.append(line)
+                method = line.split(" ")[0]
             port = int(target.rsplit(":", 1)[1])
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -934,6 +937,15 @@ P = "http://p"
         ({"HTTPS_PROXY": "http://p", "NO_PROXY": "2001:db8::/32"}, "https://[2001:db8::5]", None),
         ({"HTTPS_PROXY": "http://p", "no_proxy": "*"}, "https://anything.example", None),
         ({"HTTPS_PROXY": "http://p", "NO_PROXY": " , ,bad/cidr"}, "https://a.b", P),
+        # As Go: IDNA names, ports compared as written, [v6] only with a port,
+        # IPv4-mapped IPv6 addresses as IPv4, no netmask-form CIDR.
+        ({"HTTPS_PROXY": P, "NO_PROXY": "bücher.example"}, "https://bücher.example", None),
+        ({"HTTPS_PROXY": P, "NO_PROXY": "example.com:0443"}, "https://example.com", P),
+        ({"HTTPS_PROXY": P, "NO_PROXY": "example.com:abc"}, "https://example.com", P),
+        ({"HTTPS_PROXY": P, "NO_PROXY": "[fe80::1]"}, "https://[fe80::1]", P),
+        ({"HTTPS_PROXY": P, "NO_PROXY": "10.0.0.0/8"}, "https://[::ffff:10.1.2.3]", None),
+        ({"HTTPS_PROXY": P}, "https://[::ffff:127.0.0.1]", None),
+        ({"HTTPS_PROXY": P, "NO_PROXY": "10.0.0.0/255.0.0.0"}, "https://10.1.2.3", P),
     ],
 )
 def test_which_requests_go_through_the_proxy(
@@ -944,3 +956,89 @@ def test_which_requests_go_through_the_proxy(
     proxy = config.proxy_for(httpx.URL(url)) if config is not None else None
     assert (proxy.url if proxy else None) == expected
     assert ProxyConfig.from_environment({"NO_PROXY": "x", "ALL_PROXY": "http://p"}) is None
+
+
+async def test_an_https_proxy_is_verified_like_the_trust_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An https:// proxy's own certificate is checked with the trust server's TLS
+    settings (its CA file here), as Go's transport does; the password in a
+    proxy URL never appears in an error."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    paths = ensure_dev_tls(tmp_path / "tls", hostname="trust.test")
+    proxy_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    proxy_tls.load_cert_chain(paths.server_cert, paths.server_key)
+    proxy = ForwardProxy()
+    listener = await asyncio.start_server(proxy.handle, "127.0.0.1", 0, ssl=proxy_tls)
+    proxy_port = listener.sockets[0].getsockname()[1]
+    app = build_app(TrustService(MemoryStore(), MemoryKeyService()))
+    tls = {"ssl_certfile": str(paths.server_cert), "ssl_keyfile": str(paths.server_key)}
+    async with listener:
+        with serve(app, **tls) as url:
+            port = url.rsplit(":", 1)[1]
+            monkeypatch.setenv("HTTPS_PROXY", f"https://user:s3cret@127.0.0.1:{proxy_port}")
+            async with Remote(
+                f"https://trust.test:{port}", tls=TLSConfig(ca_file=paths.ca_cert)
+            ) as r:
+                assert await r.ping() is True
+            assert proxy.lines == [f"CONNECT trust.test:{port} HTTP/1.1"]
+            # Without the CA the proxy itself is not trusted.
+            async with Remote(f"https://trust.test:{port}") as r:
+                with pytest.raises(Offline) as failed:
+                    await r.get_key("example.com/proxy", "timestamp")
+            assert "s3cret" not in str(failed.value)
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://alice:s3cret@127.0.0.1:1")
+    async with Remote("https://trust.test") as r:
+        with pytest.raises(Offline, match="socks5://alice:xxxxx@") as failed:
+            await r.get_key("example.com/proxy", "timestamp")
+    assert "s3cret" not in str(failed.value)
+
+
+def test_a_proxied_client_under_successive_event_loops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy transports' connections (a CONNECT tunnel with TLS inside) belong
+    to the loop that made them; a Remote used again under a new asyncio.run
+    gets new ones instead of failing on the old loop's."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    proxy = ForwardProxy()
+    ready = threading.Event()
+    stop: asyncio.Event | None = None
+    proxy_port = 0
+
+    async def proxy_main() -> None:
+        nonlocal stop, proxy_port
+        stop = asyncio.Event()
+        listener = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+        proxy_port = listener.sockets[0].getsockname()[1]
+        ready.set()
+        async with listener:
+            await stop.wait()
+
+    paths = ensure_dev_tls(tmp_path / "tls", hostname="trust.test")
+    app = build_app(TrustService(MemoryStore(), MemoryKeyService()))
+    tls = {"ssl_certfile": str(paths.server_cert), "ssl_keyfile": str(paths.server_key)}
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(proxy_main(),))
+    thread.start()
+    try:
+        assert ready.wait(5)
+        with serve(app, **tls) as url:
+            monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy_port}")
+            port = url.rsplit(":", 1)[1]
+            remote = Remote(f"https://trust.test:{port}", tls=TLSConfig(ca_file=paths.ca_cert))
+
+            async def key_type() -> str:
+                return (await remote.get_key("example.com/loops", "timestamp")).keytype
+
+            assert [asyncio.run(key_type()) for _ in range(3)] == ["ecdsa"] * 3
+        assert proxy.lines == [f"CONNECT trust.test:{port} HTTP/1.1"] * 3
+    finally:
+        assert stop is not None
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(5)
+        loop.close()

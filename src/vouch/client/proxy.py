@@ -20,6 +20,7 @@ the same with ``vouch``:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import os
@@ -47,46 +48,51 @@ class NoProxy:
 
     everything: bool = False
     networks: tuple[IPNetwork, ...] = ()
-    addresses: tuple[tuple[IPAddress, int | None], ...] = ()
-    #: (".example.com", port, whether "example.com" itself matches)
-    domains: tuple[tuple[str, int | None, bool], ...] = ()
+    #: (address, port as written or "")
+    addresses: tuple[tuple[IPAddress, str], ...] = ()
+    #: (".example.com" in IDNA form, port as written or "", whether
+    #: "example.com" itself matches)
+    domains: tuple[tuple[str, str, bool], ...] = ()
 
     @classmethod
     def parse(cls, value: str) -> NoProxy:
         networks: list[IPNetwork] = []
-        addresses: list[tuple[IPAddress, int | None]] = []
-        domains: list[tuple[str, int | None, bool]] = []
+        addresses: list[tuple[IPAddress, str]] = []
+        domains: list[tuple[str, str, bool]] = []
         for raw in value.split(","):
             entry = raw.strip().lower()
             if not entry:
                 continue
             if entry == "*":
                 return cls(everything=True)
-            if "/" in entry:
-                with contextlib.suppress(ValueError):  # Go skips what it cannot parse
-                    networks.append(ipaddress.ip_network(entry, strict=False))
+            network = _cidr(entry)
+            if network is not None:
+                networks.append(network)
                 continue
             host, port = _split_host_port(entry)
             if not host:
                 continue
             try:
-                addresses.append((ipaddress.ip_address(host), port))
+                addresses.append((_ip(host), port))
                 continue
             except ValueError:
                 pass
             if host.startswith("*."):
                 host = host[1:]
             exact = not host.startswith(".")
-            domains.append((host if not exact else "." + host, port, exact))
+            suffix = "." + host if exact else host
+            with contextlib.suppress(UnicodeError):  # Go keeps what IDNA refuses as is
+                suffix = "." + suffix[1:].encode("idna").decode("ascii")
+            domains.append((suffix, port, exact))
         return cls(False, tuple(networks), tuple(addresses), tuple(domains))
 
-    def bypasses(self, host: str, port: int) -> bool:
-        """Whether ``host:port`` is reached directly."""
+    def bypasses(self, host: str, port: str) -> bool:
+        """Whether ``host:port`` (the request's, port as digits) is reached directly."""
         host = host.lower()
         if host == "localhost":
             return True
         try:
-            ip: IPAddress | None = ipaddress.ip_address(host)
+            ip: IPAddress | None = _ip(host)
         except ValueError:
             ip = None
         if ip is not None and ip.is_loopback:
@@ -94,26 +100,48 @@ class NoProxy:
         if self.everything:
             return True
         if ip is not None:
-            if any(ip in net for net in self.networks):
+            if any(ip in net for net in self.networks if net.version == ip.version):
                 return True
-            if any(ip == a and p in (None, port) for a, p in self.addresses):
+            if any(ip == a and p in ("", port) for a, p in self.addresses):
                 return True
         for suffix, p, exact in self.domains:
-            if (host.endswith(suffix) or (exact and host == suffix[1:])) and p in (None, port):
+            if (host.endswith(suffix) or (exact and host == suffix[1:])) and p in ("", port):
                 return True
         return False
 
 
-def _split_host_port(entry: str) -> tuple[str, int | None]:
-    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
+def _ip(text: str) -> IPAddress:
+    """An IP address, an IPv4-mapped IPv6 one as the IPv4 address (as Go compares)."""
+    ip = ipaddress.ip_address(text)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _cidr(entry: str) -> IPNetwork | None:
+    """``addr/len`` as Go's ParseCIDR reads it (no netmask form), else None."""
+    addr, slash, bits = entry.partition("/")
+    if not slash or not bits.isdigit():
+        return None
+    try:
+        return ipaddress.ip_network(f"{addr}/{int(bits)}", strict=False)
+    except ValueError:
+        return None
+
+
+def _split_host_port(entry: str) -> tuple[str, str]:
+    """Go's ``net.SplitHostPort`` where it succeeds (``host:port``, ``[v6]:port``),
+    else the whole entry as the host (``[v6]`` without a port then matches no
+    request, as in Go)."""
     if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif entry.count(":") == 1:
+        host, close, rest = entry[1:].partition("]")
+        if close and rest.startswith(":") and ":" not in rest[1:]:
+            return host, rest[1:]
+        return entry, ""
+    if entry.count(":") == 1:
         host, _, port = entry.partition(":")
-    else:
-        host, port = entry, ""
-    return host, (int(port) if port.isdigit() else None)
+        return host, port
+    return entry, ""
 
 
 @dataclass(frozen=True)
@@ -144,7 +172,7 @@ class ProxyConfig:
         proxy = self.https if url.scheme == "https" else self.http
         if proxy is None:
             return None
-        port = url.port or _DEFAULT_PORTS.get(url.scheme, 0)
+        port = str(url.port or _DEFAULT_PORTS.get(url.scheme, 0))
         host = url.raw_host.decode("ascii")  # IDNA-encoded, as Go compares it
         return None if self.no_proxy.bypasses(host, port) else proxy
 
@@ -160,21 +188,33 @@ class ProxyRouter(httpx.AsyncBaseTransport):
         self._config = config
         self._verify = verify
         self._proxied: dict[str, httpx.AsyncBaseTransport] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         proxy = self._config.proxy_for(request.url)
         if proxy is None:
             return await self._direct.handle_async_request(request)
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # the proxy transports' connections belong to the old loop
+            self._loop = loop
+            self._proxied.clear()
         return await self._transport(proxy).handle_async_request(request)
 
     def _transport(self, proxy: Proxy) -> httpx.AsyncBaseTransport:
         transport = self._proxied.get(proxy.url)
         if transport is None:
             try:
-                transport = httpx.AsyncHTTPTransport(proxy=proxy.url, verify=self._verify)
+                # The proxy's own TLS (an https:// proxy) is checked like the trust
+                # server's, as Go's transport does: same roots, same client cert.
+                tls = self._verify if proxy.url.lower().startswith("https:") else None
+                transport = httpx.AsyncHTTPTransport(
+                    proxy=httpx.Proxy(proxy.url, ssl_context=tls), verify=self._verify
+                )
             except (ImportError, ValueError) as exc:
                 # A SOCKS proxy without socksio, an unknown scheme: say which variable.
-                raise httpx.ProxyError(f"cannot use {proxy.variable}={proxy.url}: {exc}") from exc
+                raise httpx.ProxyError(
+                    f"cannot use {proxy.variable}={_redacted(proxy.url)}: {exc}"
+                ) from None
             self._proxied[proxy.url] = transport
         return transport
 
@@ -182,6 +222,17 @@ class ProxyRouter(httpx.AsyncBaseTransport):
         await self._direct.aclose()
         for transport in self._proxied.values():
             await transport.aclose()
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, for messages (Go's URL.Redacted)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return "(an unparsable URL)"
+    if not parsed.password:
+        return url
+    return str(parsed.copy_with(username=parsed.username, password="xxxxx"))  # noqa: S106
 
 
 __all__ = ["NoProxy", "Proxy", "ProxyConfig", "ProxyRouter"]
