@@ -848,3 +848,36 @@ async def test_a_token_realm_that_redirects_is_followed() -> None:
         assert await remote.get_metadata("example.com/a", "root.json", 100) == b"{}"
     paths = [q.split(b" ")[1].split(b"?")[0] for q in srv.requests]
     assert paths[-3:] == [b"/auth", b"/auth2", b"/v2/example.com/a/_trust/tuf/root.json"]
+
+
+async def test_as_many_401s_as_connections_do_not_lock_the_pool() -> None:
+    """Every request in flight gets a 401 at once, as many as the pool has
+    connections: each lets go of its connection before asking the token server,
+    so the token requests find one (the admission webhook shares one client
+    between reviews)."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while (req := await srv.read_request(r)) is not None:
+            line, _, rest = req.partition(b"\r\n")
+            if line.split(b" ")[1].startswith(b"/token"):
+                w.write(ok(b'{"token": "t", "expires_in": 300}'))
+            elif b"authorization: bearer t" in rest.lower():
+                w.write(ok(b"{}"))
+            else:
+                challenge = f'Bearer realm="{srv.url}/token",service="s"'.encode()
+                w.write(b"HTTP/1.1 401 No\r\nWWW-Authenticate: %s\r\n" % challenge)
+                w.write(b"Content-Length: 11\r\n\r\nunauthorized")
+
+    async with (
+        scripted(handler) as srv,
+        Remote(
+            srv.url,
+            transport=Http11Transport(max_connections=4),
+            auth=TokenAuth(environ={}, use_docker_config=False),
+            timeout=httpx.Timeout(10, pool=2),
+        ) as remote,
+    ):
+        bodies = await asyncio.gather(
+            *(remote.get_metadata(f"example.com/r{i}", "timestamp.json", 100) for i in range(8))
+        )
+        assert bodies == [b"{}"] * 8

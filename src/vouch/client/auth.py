@@ -478,6 +478,32 @@ async def send_following(
     raise BadResponse(f"{what} stopped after {MAX_REDIRECTS} redirects", url=url)
 
 
+#: What is kept of a 401's body while a token is fetched: enough for the error
+#: envelope the caller shows if no token helps (notary reads 1 KiB of errors).
+_KEPT_ERROR_BODY: Final = 1 << 10
+
+
+async def _detached(response: httpx.Response) -> httpx.Response:
+    """``response`` with at most 1 KiB of its body read into memory and its
+    connection released: the same status and headers for the caller to map."""
+    body = bytearray()
+    try:
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) >= _KEPT_ERROR_BODY:
+                break
+    except httpx.HTTPError:
+        pass  # the status and the challenge are what matter
+    finally:
+        await response.aclose()
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        content=bytes(body[:_KEPT_ERROR_BODY]),
+        request=response.request,
+    )
+
+
 def _with_query(realm: str, params: Mapping[str, str]) -> str:
     """``realm`` plus ``params``, all keys sorted as Go's ``url.Values.Encode`` does."""
     parts = urlsplit(realm)
@@ -629,16 +655,15 @@ class TokenAuth:
             new = self.learn(server, response.headers)
             if new is None:
                 return response
-            try:
-                nxt = await self._next_token(
-                    client, server, new, scope, refused=token, fresh=fresh, read=read
-                )
-            except BaseException:
-                await response.aclose()  # the 401 will not be read: free its connection
-                raise
+            # Let go of the 401's connection before asking the token server: with
+            # as many 401s in flight as the pool has connections, the token
+            # requests would otherwise wait for a slot that none of them frees.
+            response = await _detached(response)
+            nxt = await self._next_token(
+                client, server, new, scope, refused=token, fresh=fresh, read=read
+            )
             if nxt is None:
                 return response
-            await response.aclose()
             token, fresh = nxt, True
             response = await send(token.value)
         return response
