@@ -881,3 +881,42 @@ async def test_as_many_401s_as_connections_do_not_lock_the_pool() -> None:
             *(remote.get_metadata(f"example.com/r{i}", "timestamp.json", 100) for i in range(8))
         )
         assert bodies == [b"{}"] * 8
+
+
+@pytest.mark.parametrize(("status", "followed"), [(307, True), (308, True), (303, False)])
+async def test_a_publish_follows_307_and_308_with_its_body(status: int, followed: bool) -> None:
+    """Go resends notary's buffered publish body on 307/308; on 301-303 a POST
+    would become a GET, so that answer stands (an error for a publish)."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while (req := await srv.read_request(r)) is not None:
+            if req.startswith(b"POST /moved/"):
+                w.write(ok(b""))
+            else:
+                w.write(b"HTTP/1.1 %d Moved\r\nLocation: /moved/\r\n" % status)
+                w.write(b"Content-Length: 0\r\n\r\n")
+
+    async with scripted(handler) as srv, Remote(srv.url, trust_env=False) as remote:
+        if followed:
+            await remote.publish("example.com/a", {"root": b'{"signed":1}'})
+            first, second = srv.requests
+            assert first.partition(b"\r\n\r\n")[2] == second.partition(b"\r\n\r\n")[2]
+            assert b'{"signed":1}' in second
+        else:
+            with pytest.raises(Exception, match=str(status)):
+                await remote.publish("example.com/a", {"root": b"{}"})
+            assert len(srv.requests) == 1
+
+
+async def test_cookies_are_not_kept() -> None:
+    """Go's http.Client has no cookie jar (notary, docker): a cookie set by one
+    answer is not sent with the next request."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await srv.read_request(r) is not None:
+            w.write(ok(b"{}", b"Set-Cookie: session=abc; Path=/"))
+
+    async with scripted(handler) as srv, Remote(srv.url, trust_env=False) as remote:
+        await remote.get_metadata("example.com/a", "timestamp.json", 100)
+        await remote.get_metadata("example.com/a", "timestamp.json", 100)
+    assert not any(b"cookie:" in q.lower() for q in srv.requests)

@@ -458,17 +458,25 @@ MAX_REDIRECTS: Final = 10
 async def send_following(
     client: httpx.AsyncClient, request: httpx.Request, *, what: str
 ) -> httpx.Response:
-    """``request`` sent, its redirects followed if it is a GET (as Go's client
-    does; a POST's body would be lost): at most :data:`MAX_REDIRECTS` requests,
-    to http(s) URLs only. httpx would read each redirect's body whole first (an
-    endless one would fill memory); here it is never read. httpx still builds
-    each next request (an ``Authorization`` header is dropped on the way to
-    another origin). Transport errors are the caller's to map.
+    """``request`` sent and its redirects followed as Go's client follows them
+    for notary: a GET always, another method (a publish, a token POST) on 307
+    and 308 only, with the same method and body (Go resends a buffered body;
+    on 301-303 it would turn a POST into a GET, which no trust server route
+    wants, so that answer is returned as it is). At most
+    :data:`MAX_REDIRECTS` requests, to http(s) URLs only. httpx would read
+    each redirect's body whole first (an endless one would fill memory); here
+    it is never read. httpx builds each next request (an ``Authorization``
+    header is dropped on the way to another origin). Transport errors are the
+    caller's to map.
     """
     url = str(request.url)
     for _ in range(MAX_REDIRECTS):
         response = await client.send(request, stream=True, follow_redirects=False)
-        following = response.next_request if request.method == "GET" else None
+        following = response.next_request
+        if following is not None and following.method != request.method:
+            following = None  # POST → GET on 301-303
+        if request.method != "GET" and response.status_code not in (307, 308):
+            following = None
         if following is None:
             return response
         await response.aclose()  # its body is never read

@@ -26,6 +26,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -287,6 +288,9 @@ class Remote:
             # compressed body cannot expand past a limit inside one chunk.
             headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
             transport=transport,
+            # No cookie jar, as Go's http.Client (notary, docker) has none: a
+            # cookie a token realm sets must not ride along to the trust server.
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
             trust_env=trust_env,
             follow_redirects=False,
             max_redirects=MAX_REDIRECTS,

@@ -464,15 +464,18 @@ class Repository:
             _apply(work, role_change(roles.ROOT, [new]), now)
             upload = sign_working(work, signers, now)
             await remote.publish(self.gun, upload.files)
-        except (errors.UpdateRejected, TrustError, KeyStoreError, TokenError):
+        except (errors.UpdateRejected, TrustError, KeyStoreError, TokenError) as refused:
             # Refused, or failed before anything was sent: no root names the new key.
             # (Not after a network failure: the server may have stored the new root.)
-            if isinstance(made, str):
-                self.keys.remove(made)
-            elif made is not None and made.created:
-                # A key pair this call made goes; an adopted or earlier one stays
-                # referenced, so that a retry with the same --pkcs11-id uses it.
-                self.keys.discard_token_key(made)
+            try:
+                if isinstance(made, str):
+                    self.keys.remove(made)
+                elif made is not None and made.created:
+                    # A key pair this call made goes; an adopted or earlier one stays
+                    # referenced, so that a retry with the same --pkcs11-id uses it.
+                    self.keys.discard_token_key(made)
+            except (KeyStoreError, TokenError, OSError) as cleanup:
+                refused.add_note(f"(the unused new root key {key_id} was not removed: {cleanup})")
             raise
         except errors.RemoteError as exc:
             if made is not None and not isinstance(made, str) and made.created:

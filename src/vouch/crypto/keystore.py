@@ -363,10 +363,9 @@ class KeyStore:
     def discard_token_key(self, ref: TokenKeyRef) -> None:
         """Undo :meth:`generate_on_token`: drop the reference and, if that call made
         the key pair, destroy it on the token (an adopted one stays)."""
-        path = self.token_dir / f"{ref.keyid}{REF_EXTENSION}"
-        path.unlink(missing_ok=True)
-        if ref.created:
+        if ref.created:  # first: a failure leaves the reference to find the pair by
             self.token_for(ref).destroy(ref.keyid)
+        (self.token_dir / f"{ref.keyid}{REF_EXTENSION}").unlink(missing_ok=True)
 
     def signer(self, key_id: str, as_key: Key | None = None) -> Signer:
         """A signer for the key with this ID, presented under ``as_key``'s ID (a root
