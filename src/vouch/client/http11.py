@@ -338,6 +338,8 @@ class _Connection(asyncio.Protocol):
         sock = self.transport.get_extra_info("socket")
         if sock is None:
             return False
+        if not hasattr(select, "poll"):  # Windows
+            return bool(select.select([sock.fileno()], [], [], 0)[0])
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
         return bool(poller.poll(0))
