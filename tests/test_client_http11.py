@@ -920,3 +920,84 @@ async def test_cookies_are_not_kept() -> None:
         await remote.get_metadata("example.com/a", "timestamp.json", 100)
         await remote.get_metadata("example.com/a", "timestamp.json", 100)
     assert not any(b"cookie:" in q.lower() for q in srv.requests)
+
+
+async def test_an_answer_before_the_body_is_sent_is_the_response() -> None:
+    """The server answers 413 early and stops reading the (large) body: the
+    client returns that answer instead of waiting to finish writing until the
+    write timeout, and does not reuse the connection."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+        await w.drain()
+        await asyncio.sleep(5)  # reads nothing more
+
+    async with (
+        scripted(handler) as srv,
+        httpx.AsyncClient(transport=Http11Transport(), timeout=httpx.Timeout(5, write=3)) as c,
+    ):
+        started = time.monotonic()
+        response = await c.post(srv.url, content=b"x" * (64 << 20))
+        assert response.status_code == 413
+        assert time.monotonic() - started < 2.5
+
+
+async def test_the_header_cap_does_not_depend_on_packets() -> None:
+    """100 KB of headers whose last bytes arrive in one read with the body are
+    refused as surely as when the body comes separately."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + b"".join(
+        b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(100)
+    )
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await srv.read_request(r)
+        w.write(head[:60_000])  # under the cap
+        await w.drain()
+        await asyncio.sleep(0.1)
+        w.write(head[60_000:] + b"\r\nok")  # the rest of the head and the body together
+        await asyncio.sleep(1)
+
+    async with scripted(handler) as srv, client() as c:
+        with pytest.raises(httpx.RemoteProtocolError, match="too large"):
+            await c.get(srv.url)
+
+
+async def test_closing_the_transport_stops_requests_waiting_for_a_slot() -> None:
+    release = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await srv.read_request(r) is not None:
+            await release.wait()
+            w.write(ok(b"ok"))
+
+    transport = Http11Transport(max_connections=1)
+    async with scripted(handler) as srv:
+        c = httpx.AsyncClient(transport=transport, timeout=5)
+        tasks = [asyncio.create_task(c.get(srv.url)) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        await transport.aclose()
+        release.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert [r.status_code for r in results if isinstance(r, httpx.Response)] == [200]
+        assert sum(isinstance(r, RuntimeError) for r in results) == 2
+        assert srv.connections == 1
+
+
+async def test_a_trailing_dot_is_not_part_of_the_tls_server_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``https://notary.example.com.:4443`` is the same host; certificates and SNI
+    never carry the dot (Go strips it as well)."""
+    seen: dict[str, object] = {}
+    loop = asyncio.get_running_loop()
+
+    async def create_connection(*args: object, **kwargs: object) -> None:
+        seen.update(host=args[1], server_hostname=kwargs.get("server_hostname"))
+        raise OSError("not connecting in this test")
+
+    monkeypatch.setattr(loop, "create_connection", create_connection)
+    async with client() as c:
+        with pytest.raises(httpx.ConnectError):
+            await c.get("https://notary.example.com.:4443/v2/")
+    assert seen == {"host": "notary.example.com.", "server_hostname": "notary.example.com"}

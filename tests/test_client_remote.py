@@ -946,6 +946,8 @@ P = "http://p"
         ({"HTTPS_PROXY": P, "NO_PROXY": "10.0.0.0/8"}, "https://[::ffff:10.1.2.3]", None),
         ({"HTTPS_PROXY": P}, "https://[::ffff:127.0.0.1]", None),
         ({"HTTPS_PROXY": P, "NO_PROXY": "10.0.0.0/255.0.0.0"}, "https://10.1.2.3", P),
+        ({"HTTPS_PROXY": P, "NO_PROXY": "straße.de"}, "https://www.straße.de", None),
+        ({"HTTPS_PROXY": P, "NO_PROXY": "1,0.1"}, "https://10.0.0.1", P),
     ],
 )
 def test_which_requests_go_through_the_proxy(

@@ -49,7 +49,9 @@ import httpx
 
 MAX_CONNECTIONS: Final = 100
 MAX_KEEPALIVE: Final = 20
-KEEPALIVE_EXPIRY: Final = 5.0
+#: Below the idle timeout of common servers (uvicorn's is 5 s), so that the
+#: client drops an idle connection before a server might close it under a POST.
+KEEPALIVE_EXPIRY: Final = 4.0
 #: Socket reads pause while this much body waits for the caller, and resume
 #: when it has taken all but a quarter of it.
 HIGH_WATER: Final = 256 << 10
@@ -129,8 +131,10 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.served = 0
         self.reusable = True
+        #: The slot semaphore of the request it serves (released with it).
+        self.slots: asyncio.Semaphore | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self._loop = asyncio.get_running_loop()
+        self._loop = self.loop = asyncio.get_running_loop()
         self._expecting = False
         self._head_only = False
         self._interim = False
@@ -145,6 +149,7 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._fed_body = 0
         self._not_body = 0
+        self._head_bytes = 0
         self._reading_paused = False
         self._writing_paused = False
         self._error: httpx.TransportError | None = None
@@ -244,18 +249,29 @@ class _Connection(asyncio.Protocol):
             raise httpx.RemoteProtocolError("server sent a response no request asked for")
         self._headers = []
         self._reason = b""
+        self._head_bytes = 0
         self._length_known = False
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason  # called once per piece when the line arrives split
+        self._count_head(len(reason))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
         self._headers.append((name, value))
         lower = name.lower()
         if lower == b"content-length" or (
             lower == b"transfer-encoding" and b"chunked" in value.lower()
         ):
             self._length_known = True
+
+    def _count_head(self, n: int) -> None:
+        """What one message keeps of its status line, headers and trailers: the
+        same cap whatever the packets were (the per-read count in
+        :meth:`data_received` also catches what llhttp buffers before a callback)."""
+        self._head_bytes += n
+        if self._head_bytes > MAX_HEAD:
+            raise httpx.RemoteProtocolError("response headers are too large")
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -264,6 +280,10 @@ class _Connection(asyncio.Protocol):
             return
         self._status = status
         self._headers_done = True
+        if self._drain is not None and not self._drain.done():
+            # An answer before the request was written whole (an early 413):
+            # stop waiting to send the rest; the connection is not reused.
+            self._drain.set_result(None)
         if self._head_only:  # a HEAD reply has no body, whatever it declares
             self._complete = True
             self._expecting = False
@@ -371,6 +391,8 @@ class _Connection(asyncio.Protocol):
                 raise httpx.WriteTimeout("timed out sending the request") from None
             finally:
                 self._drain = None
+            if self._writing_paused:  # answered before the body was sent
+                self.reusable = False
         if self.transport.is_closing() and self._error is None and not self._got_bytes:
             raise _Retry
 
@@ -476,8 +498,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
         data = _request_head(request, body)
         head_only = request.method == "HEAD"
         read_timeout = _timeout(request, "read")
-        await self._acquire_slot(_timeout(request, "pool"))
+        slots = await self._acquire_slot(_timeout(request, "pool"))
         try:
+            if self._closed:  # closed while this request waited for a slot
+                raise RuntimeError("the transport has been closed")
             for attempt in (0, 1):
                 conn = await self._connection(
                     origin, _timeout(request, "connect"), fresh=attempt > 0
@@ -501,6 +525,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 except BaseException:
                     conn.close()
                     raise
+                conn.slots = slots
                 return httpx.Response(
                     status,
                     headers=headers,
@@ -509,7 +534,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 )
             raise AssertionError("unreachable")
         except BaseException:
-            self._release_slot()
+            slots.release()
             raise
 
     async def aclose(self) -> None:
@@ -521,7 +546,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     # -- the pool --
 
-    async def _acquire_slot(self, timeout: float | None) -> None:
+    async def _acquire_slot(self, timeout: float | None) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             # Connections and the semaphore belong to the loop that made them; a
@@ -534,18 +559,21 @@ class Http11Transport(httpx.AsyncBaseTransport):
             self._slots = None
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_connections)
+        slots = self._slots
         try:
             async with asyncio.timeout(timeout):
-                await self._slots.acquire()
+                await slots.acquire()
         except TimeoutError:
             raise httpx.PoolTimeout("timed out waiting for a free connection") from None
-
-    def _release_slot(self) -> None:
-        assert self._slots is not None
-        self._slots.release()
+        return slots
 
     def _release(self, conn: _Connection, *, keep: bool) -> None:
-        self._release_slot()
+        if conn.slots is not None:
+            conn.slots.release()  # the semaphore it was taken from, even of an old loop
+            conn.slots = None
+        if conn.loop is not self._loop:  # a response of an old event loop, closed late
+            conn.forget()
+            return
         idle = self._idle.setdefault(conn.origin, [])
         now = time.monotonic()
         while idle and now - idle[0].idle_since >= self._expiry:  # oldest first
@@ -578,7 +606,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
                     host,
                     port,
                     ssl=context,
-                    server_hostname=host if context is not None else None,
+                    # "example.com." is the same name; certificates never end in a dot.
+                    server_hostname=host.rstrip(".") if context is not None else None,
                 )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"timed out connecting to {host}:{port}") from None

@@ -80,10 +80,11 @@ class NoProxy:
             if host.startswith("*."):
                 host = host[1:]
             exact = not host.startswith(".")
-            suffix = "." + host if exact else host
-            with contextlib.suppress(UnicodeError):  # Go keeps what IDNA refuses as is
-                suffix = "." + suffix[1:].encode("idna").decode("ascii")
-            domains.append((suffix, port, exact))
+            name = host if exact else host[1:]
+            # The request's host is IDNA 2008-encoded by httpx; encode entries alike.
+            with contextlib.suppress(httpx.InvalidURL, ValueError, UnicodeError):
+                name = httpx.URL(f"http://{name}/").raw_host.decode("ascii")
+            domains.append(("." + name, port, exact))
         return cls(False, tuple(networks), tuple(addresses), tuple(domains))
 
     def bypasses(self, host: str, port: str) -> bool:
@@ -104,6 +105,8 @@ class NoProxy:
                 return True
             if any(ip == a and p in ("", port) for a, p in self.addresses):
                 return True
+        if ip is not None:
+            return False  # domain entries never match an IP address (as in Go)
         for suffix, p, exact in self.domains:
             if (host.endswith(suffix) or (exact and host == suffix[1:])) and p in ("", port):
                 return True
