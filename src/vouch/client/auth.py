@@ -486,29 +486,32 @@ async def send_following(
     raise BadResponse(f"{what} stopped after {MAX_REDIRECTS} redirects", url=url)
 
 
-#: What is kept of a 401's body while a token is fetched: enough for the error
-#: envelope the caller shows if no token helps (notary reads 1 KiB of errors).
-_KEPT_ERROR_BODY: Final = 1 << 10
+#: How much of an error's body is read: notary reads 1 KiB of errors.
+MAX_ERROR_BODY: Final = 1 << 10
 
 
-async def _detached(response: httpx.Response) -> httpx.Response:
-    """``response`` with at most 1 KiB of its body read into memory and its
-    connection released: the same status and headers for the caller to map."""
+async def read_error_body(response: httpx.Response) -> bytes:
+    """At most :data:`MAX_ERROR_BODY` bytes: an error body is advice, not data."""
     body = bytearray()
     try:
         async for chunk in response.aiter_bytes():
             body += chunk
-            if len(body) >= _KEPT_ERROR_BODY:
+            if len(body) >= MAX_ERROR_BODY:
                 break
     except httpx.HTTPError:
-        pass  # the status and the challenge are what matter
+        pass  # the status alone still says what happened
+    return bytes(body[:MAX_ERROR_BODY])
+
+
+async def _detached(response: httpx.Response) -> httpx.Response:
+    """``response`` with its error body (:func:`read_error_body`) in memory and its
+    connection released: the same status and headers for the caller to map."""
+    try:
+        body = await read_error_body(response)
     finally:
         await response.aclose()
     return httpx.Response(
-        response.status_code,
-        headers=response.headers,
-        content=bytes(body[:_KEPT_ERROR_BODY]),
-        request=response.request,
+        response.status_code, headers=response.headers, content=body, request=response.request
     )
 
 
@@ -839,6 +842,7 @@ class TokenAuth:
 
 __all__ = [
     "ADMIN",
+    "MAX_ERROR_BODY",
     "MAX_REDIRECTS",
     "CATALOG_SCOPE",
     "PULL",
@@ -855,6 +859,7 @@ __all__ = [
     "parse_challenges",
     "parse_notary_auth",
     "read_capped",
+    "read_error_body",
     "repository_scope",
     "run_credential_helper",
     "send_following",

@@ -134,7 +134,7 @@ class _Connection(asyncio.Protocol):
         #: The slot semaphore of the request it serves (released with it).
         self.slots: asyncio.Semaphore | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self._loop = self.loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._expecting = False
         self._head_only = False
         self._interim = False
@@ -365,7 +365,7 @@ class _Connection(asyncio.Protocol):
         return bool(poller.poll(0))
 
     async def _wait(self, timeout: float | None) -> None:
-        self._waiter = self._loop.create_future()
+        self._waiter = self.loop.create_future()
         try:
             async with asyncio.timeout(timeout):
                 await self._waiter
@@ -383,7 +383,7 @@ class _Connection(asyncio.Protocol):
         self.served += 1
         self.transport.write(data)
         if self._writing_paused:
-            self._drain = self._loop.create_future()
+            self._drain = self.loop.create_future()
             try:
                 async with asyncio.timeout(write_timeout):
                     await self._drain

@@ -39,12 +39,14 @@ from vouch import __version__
 from vouch.client.auth import (
     ADMIN,
     CATALOG_SCOPE,
+    MAX_ERROR_BODY,
     MAX_REDIRECTS,
     PULL,
     PUSH_PULL,
     TokenAuth,
     bearer_challenge,
     read_capped,
+    read_error_body,
     repository_scope,
     send_following,
 )
@@ -69,7 +71,6 @@ MAX_TIMESTAMP_SIZE: Final = 1 << 20
 MAX_ROOT_SIZE: Final = 100 << 20
 MAX_UNKNOWN_SIZE: Final = MAX_ROOT_SIZE
 MAX_KEY_SIZE: Final = 256 << 10
-MAX_ERROR_BODY: Final = 1 << 10
 MAX_CHANGEFEED_SIZE: Final = 16 << 20
 
 CONNECT_TIMEOUT: Final = 30.0
@@ -226,19 +227,6 @@ def _envelope(body: bytes) -> tuple[str, str, Any, int]:
     code = first.get("code") if isinstance(first.get("code"), str) else ""
     message = first.get("message") if isinstance(first.get("message"), str) else ""
     return str(code), str(message), first.get("detail"), len(errors)
-
-
-async def _read_error_body(response: httpx.Response) -> bytes:
-    """At most :data:`MAX_ERROR_BODY` bytes: an error body is advice, not data."""
-    body = bytearray()
-    try:
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) >= MAX_ERROR_BODY:
-                break
-    except httpx.HTTPError:
-        pass  # the status alone still says what happened
-    return bytes(body[:MAX_ERROR_BODY])
 
 
 class Remote:
@@ -518,7 +506,7 @@ class Remote:
         self, response: httpx.Response, *, gun: str, resource: str, url: str
     ) -> RemoteError:
         status = response.status_code
-        code, message, detail, count = _envelope(await _read_error_body(response))
+        code, message, detail, count = _envelope(await read_error_body(response))
         if status == 404:
             return NotFound(gun=gun, resource=resource, server=self._url, url=url, code=code)
         if status == 401:
