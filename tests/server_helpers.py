@@ -3,8 +3,12 @@ repository publisher that builds metadata with vouch's own core."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -133,3 +137,45 @@ class Publisher:
         return await client.post(
             f"/v2/{self.gun}/_trust/tuf/", content=body, headers={"Content-Type": ctype}
         )
+
+
+@contextmanager
+def server_in_thread(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> Iterator[int]:
+    """``handle`` as a TCP server on 127.0.0.1 in an event loop of its own thread,
+    for tests that run several ``asyncio.run`` loops of their own against one
+    server. Yields the port; on exit the connections are closed, then the loop."""
+    ready = threading.Event()
+    port = 0
+    stop: asyncio.Event | None = None
+    writers: list[asyncio.StreamWriter] = []
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await handle(reader, writer)
+
+    async def main() -> None:
+        nonlocal port, stop
+        stop = asyncio.Event()
+        listener = await asyncio.start_server(tracked, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        ready.set()
+        async with listener:
+            await stop.wait()
+            for writer in writers:
+                writer.close()
+            await asyncio.sleep(0.1)
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),))
+    thread.start()
+    try:
+        if not ready.wait(5):
+            raise RuntimeError("the test server did not start")
+        yield port
+    finally:
+        if stop is not None:
+            loop.call_soon_threadsafe(stop.set)
+        thread.join(5)
+        loop.close()

@@ -19,7 +19,6 @@ import hashlib
 import socket
 import ssl
 import struct
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server_helpers import server_in_thread
 from vouch.client.auth import Credentials, TokenAuth
 from vouch.client.errors import BadResponse, Offline, TooLarge
 from vouch.client.http11 import HIGH_WATER, MAX_HEAD, Http11Transport
@@ -724,49 +724,24 @@ def test_one_client_under_successive_event_loops() -> None:
     semaphore instead of the previous loop's (whose connections no loop reads
     any more, and whose semaphore is bound to a closed loop)."""
     transport = Http11Transport(max_connections=1)
-    ready = threading.Event()
-    writers: list[asyncio.StreamWriter] = []
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
-        writers.append(w)
         while await srv.read_request(r) is not None:
             await asyncio.sleep(0.05)  # so that the second request waits for the slot
             w.write(ok(b"ok"))
 
     srv = Scripted(handler)
 
-    async def server_main() -> None:
-        nonlocal stop
-        stop = asyncio.Event()
-        listener = await asyncio.start_server(srv._serve, "127.0.0.1", 0)
-        srv.url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
-        ready.set()
-        async with listener:
-            await stop.wait()
-            for w in writers:
-                w.close()
-            await asyncio.sleep(0.1)
-
-    stop: asyncio.Event | None = None
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(server_main(),))
-    thread.start()
-    assert ready.wait(5)
-
     async def two_gets() -> list[bytes]:
         c = httpx.AsyncClient(transport=transport, timeout=2)
         responses = await asyncio.gather(c.get(srv.url), c.get(srv.url))
         return [r.content for r in responses]
 
-    try:
+    with server_in_thread(srv._serve) as port:
+        srv.url = f"http://127.0.0.1:{port}"
         for _ in range(3):
             assert asyncio.run(two_gets()) == [b"ok", b"ok"]
         assert srv.connections == 3  # one per loop, kept alive within it
-    finally:
-        assert stop is not None
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(5)
-        loop.close()
 
 
 async def test_a_redirect_elsewhere_never_gets_the_trust_servers_credentials() -> None:

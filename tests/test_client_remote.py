@@ -42,7 +42,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notary_harness import NotaryServer, free_port
-from server_helpers import Publisher
+from server_helpers import Publisher, server_in_thread
 from vouch.client.errors import (
     BadResponse,
     NotFound,
@@ -1008,39 +1008,16 @@ def test_a_proxied_client_under_successive_event_loops(
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
     proxy = ForwardProxy()
-    ready = threading.Event()
-    stop: asyncio.Event | None = None
-    proxy_port = 0
-
-    async def proxy_main() -> None:
-        nonlocal stop, proxy_port
-        stop = asyncio.Event()
-        listener = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
-        proxy_port = listener.sockets[0].getsockname()[1]
-        ready.set()
-        async with listener:
-            await stop.wait()
-
     paths = ensure_dev_tls(tmp_path / "tls", hostname="trust.test")
     app = build_app(TrustService(MemoryStore(), MemoryKeyService()))
     tls = {"ssl_certfile": str(paths.server_cert), "ssl_keyfile": str(paths.server_key)}
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(proxy_main(),))
-    thread.start()
-    try:
-        assert ready.wait(5)
-        with serve(app, **tls) as url:
-            monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy_port}")
-            port = url.rsplit(":", 1)[1]
-            remote = Remote(f"https://trust.test:{port}", tls=TLSConfig(ca_file=paths.ca_cert))
+    with server_in_thread(proxy.handle) as proxy_port, serve(app, **tls) as url:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy_port}")
+        port = url.rsplit(":", 1)[1]
+        remote = Remote(f"https://trust.test:{port}", tls=TLSConfig(ca_file=paths.ca_cert))
 
-            async def key_type() -> str:
-                return (await remote.get_key("example.com/loops", "timestamp")).keytype
+        async def key_type() -> str:
+            return (await remote.get_key("example.com/loops", "timestamp")).keytype
 
-            assert [asyncio.run(key_type()) for _ in range(3)] == ["ecdsa"] * 3
-        assert proxy.lines == [f"CONNECT trust.test:{port} HTTP/1.1"] * 3
-    finally:
-        assert stop is not None
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(5)
-        loop.close()
+        assert [asyncio.run(key_type()) for _ in range(3)] == ["ecdsa"] * 3
+    assert proxy.lines == [f"CONNECT trust.test:{port} HTTP/1.1"] * 3
