@@ -178,10 +178,14 @@ class LocalKeyService(EncryptedKeys["Row[Any]"]):
             .where(_t.last_used.is_(None), _LIVE)
             .order_by(_t.id.desc())
         )
+        return await self._first_of(query, gun, role)
+
+    async def _first_of(self, query: Any, gun: str, role: str) -> Key | None:
+        """The public key of the first row of ``query`` that is exactly ``gun``'s
+        ``role`` (a table created with a case-folding collation matches more)."""
         async with self._connect() as conn:
             rows = (await conn.execute(query)).all()
         for row in rows:
-            # Exact match even if the table was created with a case-folding collation.
             if (row.gun, row.role) == (gun, role):
                 return public_key_of(row.algorithm, row.public)
         return None
@@ -210,13 +214,7 @@ class LocalKeyService(EncryptedKeys["Row[Any]"]):
 
     async def get_key(self, gun: str, role: str) -> Key | None:
         query = select(*_INFO_COLUMNS).where(_t.gun == gun, _t.role == role, _LIVE)
-        query = query.order_by(_t.id.desc())
-        async with self._connect() as conn:
-            rows = (await conn.execute(query)).all()
-        for row in rows:
-            if (row.gun, row.role) == (gun, role):
-                return public_key_of(row.algorithm, row.public)
-        return None
+        return await self._first_of(query.order_by(_t.id.desc()), gun, role)
 
     async def _row(self, key_id: str, *columns: Any) -> Row[Any] | None:
         if not key_id or len(key_id) > MAX_NAME:
