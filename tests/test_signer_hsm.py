@@ -26,14 +26,12 @@ from cryptography.hazmat.primitives import serialization
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 
-from notary_harness import NotaryCLI, NotaryServer, free_port
+from notary_harness import free_port
 from softhsm import SoftHSM, make_softhsm, use_in_process
 from test_signer_interop import (
     SignerProcess,
     assert_signed_by,
-    publish,
-    timestamp_keys,
-    trust_service,
+    notary_through_signer,
     vouch_signer_argv,
 )
 from vouch.crypto.pkcs11token import key_id_bytes
@@ -292,19 +290,11 @@ def test_notary_server_signs_with_vouch_signer_on_a_token(tmp_path: Path, hsm: S
     port = free_port()
     config = write_config(tmp_path / "signer" / "signer.json", tls, port, hsm)
     gun = "example.com/vouch-hsm/app"
-    with (
-        SignerProcess(
-            vouch_signer_argv(config), _signer_env(hsm, hsm.pin), tls, port, tmp_path / "s.log"
-        ),
-        NotaryServer(
-            tmp_path / "notary-server", extra_config={"trust_service": trust_service(tls, port)}
-        ) as server,
-    ):
-        cli = NotaryCLI(server.url, tmp_path / "trust")
-        cli.run("init", gun, "-p")
-        publish(cli, gun, "v1", tmp_path)
-        assert "v1" in cli.run("list", gun).stdout
-        ts, keyids = timestamp_keys(server.url, gun)
+    env = _signer_env(hsm, hsm.pin)
+    with notary_through_signer(
+        tmp_path, config, gun, env=env, tls=tls, port=port, log=tmp_path / "s.log"
+    ) as repo:
+        ts, keyids = repo.timestamp, repo.keyids
 
     # the keys root names for the timestamp are the token's
     use_env = dict(os.environ)

@@ -27,6 +27,8 @@ import sys
 import time
 import urllib.error
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +244,47 @@ def publish(cli: NotaryCLI, gun: str, name: str, workdir: Path, *, check: bool =
     return cli.run("publish", gun, check=check)
 
 
+@dataclass
+class SignedThroughSigner:
+    """A repository the real notary CLI published through notary-server, whose
+    keys a ``vouch signer`` holds: its first timestamp and who signed it."""
+
+    signer: SignerProcess
+    server: NotaryServer
+    cli: NotaryCLI
+    timestamp: Metadata[Timestamp]
+    keyids: list[str]
+
+
+@contextmanager
+def notary_through_signer(
+    workdir: Path,
+    config: Path,
+    gun: str,
+    *,
+    env: dict[str, str],
+    tls: MTLSBundle,
+    port: int,
+    log: Path | None = None,
+) -> Iterator[SignedThroughSigner]:
+    """``vouch signer`` from ``config``, a real notary-server using it over mutual
+    TLS, and ``gun`` initialised and published once (target ``v1``) with the
+    real notary CLI."""
+    log = log if log is not None else config.with_suffix(".log")
+    with (
+        SignerProcess(vouch_signer_argv(config), env, tls, port, log) as sp,
+        NotaryServer(
+            workdir / "notary-server", extra_config={"trust_service": trust_service(tls, port)}
+        ) as server,
+    ):
+        cli = NotaryCLI(server.url, workdir / "trust")
+        cli.run("init", gun, "-p")
+        publish(cli, gun, "v1", workdir)
+        assert "v1" in cli.run("list", gun).stdout
+        ts, keyids = timestamp_keys(server.url, gun)
+        yield SignedThroughSigner(sp, server, cli, ts, keyids)
+
+
 def test_notary_server_signs_with_vouch_signer(tmp_path: Path, mariadb_database: str) -> None:
     """Real notary-server + real notary CLI; the keys are vouch signer's (MariaDB, Go DSN)."""
     tls = issue_mtls_bundle(tmp_path / "tls")
@@ -251,17 +294,8 @@ def test_notary_server_signs_with_vouch_signer(tmp_path: Path, mariadb_database:
     passphrase = secrets.token_urlsafe(24)
     env = {**os.environ, f"NOTARY_SIGNER_{ALIAS.upper()}": passphrase}
     gun = "example.com/vouch-signer/app"
-    with (
-        SignerProcess(vouch_signer_argv(config), env, tls, port, config.with_suffix(".log")) as sp,
-        NotaryServer(
-            tmp_path / "notary-server", extra_config={"trust_service": trust_service(tls, port)}
-        ) as server,
-    ):
-        cli = NotaryCLI(server.url, tmp_path / "trust")
-        cli.run("init", gun, "-p")
-        publish(cli, gun, "v1", tmp_path)
-        assert "v1" in cli.run("list", gun).stdout
-        ts, keyids = timestamp_keys(server.url, gun)
+    with notary_through_signer(tmp_path, config, gun, env=env, tls=tls, port=port) as repo:
+        sp, ts, keyids = repo.signer, repo.timestamp, repo.keyids
         assert ts.signed.version == 2
 
         rows = _my(
@@ -407,17 +441,8 @@ def test_notary_server_signs_with_vouch_signer_on_couchdb(
     passphrase, new_passphrase = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     env = {**os.environ, f"NOTARY_SIGNER_{ALIAS.upper()}": passphrase}
     gun = "example.com/vouch-signer-couch/app"
-    with (
-        SignerProcess(vouch_signer_argv(config), env, tls, port, config.with_suffix(".log")) as sp,
-        NotaryServer(
-            tmp_path / "notary-server", extra_config={"trust_service": trust_service(tls, port)}
-        ) as server,
-    ):
-        cli = NotaryCLI(server.url, tmp_path / "trust")
-        cli.run("init", gun, "-p")
-        publish(cli, gun, "v1", tmp_path)
-        assert "v1" in cli.run("list", gun).stdout
-        ts, keyids = timestamp_keys(server.url, gun)
+    with notary_through_signer(tmp_path, config, gun, env=env, tls=tls, port=port) as repo:
+        sp, cli, ts, keyids = repo.signer, repo.cli, repo.timestamp, repo.keyids
         docs = [d for d in ch.all_docs(name) if d.get("type") == "private_key"]
         held = {d["key_id"]: Key(d["algorithm"], d["public"]) for d in docs if d["gun"] == gun}
         signer_key = assert_signed_by(ts, keyids, held)
