@@ -60,6 +60,22 @@ def _replicate(src: str, dst: str) -> None:
     assert resp.status_code in (200, 201), resp.text
 
 
+def _in_two_regions(
+    regions: tuple[str, str], body: Callable[[CouchStore, CouchStore], Awaitable[None]]
+) -> None:
+    """``body(a, b)`` with a store open in each region, both closed afterwards."""
+
+    async def main() -> None:
+        a, b = await _open(regions[0], "a"), await _open(regions[1], "b")
+        try:
+            await body(a, b)
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
 def _converge(a: str, b: str) -> None:
     _replicate(a, b)
     _replicate(b, a)
@@ -79,117 +95,102 @@ async def _tags(store: CouchStore) -> set[str]:
 def test_the_higher_timestamp_version_wins_and_the_loser_is_told(regions: tuple[str, str]) -> None:
     db_a, db_b = regions
 
-    async def main() -> None:
-        a, b = await _open(db_a, "a"), await _open(db_b, "b")
-        try:
-            await a.update(G, _bump("base"))
-            _converge(db_a, db_b)
-            # Partitioned: region a accepts v2, region b accepts v2 and v3.
-            await a.update(G, _bump("a"))
-            await b.update(G, _bump("b"))
-            await b.update(G, _bump("b"))
-            _converge(db_a, db_b)
-            assert _conflicts(db_a) and _conflicts(db_b)
+    async def main(a: CouchStore, b: CouchStore) -> None:
+        await a.update(G, _bump("base"))
+        _converge(db_a, db_b)
+        # Partitioned: region a accepts v2, region b accepts v2 and v3.
+        await a.update(G, _bump("a"))
+        await b.update(G, _bump("b"))
+        await b.update(G, _bump("b"))
+        _converge(db_a, db_b)
+        assert _conflicts(db_a) and _conflicts(db_b)
 
-            # Before anything resolves, each region serves one whole history.
-            for store in (a, b):
-                assert await _tags(store) == {"b"}
-                ts = await store.get_current(G, "timestamp")
-                assert ts is not None and ts.version == 3
+        # Before anything resolves, each region serves one whole history.
+        for store in (a, b):
+            assert await _tags(store) == {"b"}
+            ts = await store.get_current(G, "timestamp")
+            assert ts is not None and ts.version == 3
 
-            # Region a's next publish resolves the fork and is refused, naming the conflict
-            # and what was lost; exactly once.
-            with pytest.raises(UpdateError, match="conflict") as err:
-                await a.update(G, _bump("a2"))
-            assert "targets v2" in err.value.msg and "region a" in err.value.msg
-            stored = await a.update(G, _bump("a2"))
-            assert {f.version for f in stored} == {4}
-            _converge(db_a, db_b)
-            await b.update(G, _bump("b5"))  # region b won: no notice for it
-            _converge(db_a, db_b)
+        # Region a's next publish resolves the fork and is refused, naming the conflict
+        # and what was lost; exactly once.
+        with pytest.raises(UpdateError, match="conflict") as err:
+            await a.update(G, _bump("a2"))
+        assert "targets v2" in err.value.msg and "region a" in err.value.msg
+        stored = await a.update(G, _bump("a2"))
+        assert {f.version for f in stored} == {4}
+        _converge(db_a, db_b)
+        await b.update(G, _bump("b5"))  # region b won: no notice for it
+        _converge(db_a, db_b)
 
-            for store in (a, b):
-                # Every version is the winner's: by version, by hash, current.
-                for v, tag in ((1, "base"), (2, "b"), (3, "b"), (4, "a2"), (5, "b5")):
-                    f = await store.get_version(G, "targets", v)
-                    assert f is not None and f.data == f"targets:{v}:{tag}".encode(), (v, f)
-                    assert await store.get_checksum(G, "targets", f.sha256) == f
-                assert await _tags(store) == {"b5"}
-                # The changefeed lists only timestamps of the served history, in order.
-                feed = await store.changes(G, 0, 100)
-                assert [c.version for c in feed] == sorted(c.version for c in feed)
-                assert {c.version for c in feed} == {1, 2, 3, 4, 5}
-                for c in feed:
-                    ts = await store.get_version(G, "timestamp", c.version)
-                    assert ts is not None and ts.sha256 == c.sha256, c
-            # No conflicting revisions are left in either region.
-            assert _conflicts(db_a) == _conflicts(db_b) == []
-        finally:
-            await a.close()
-            await b.close()
+        for store in (a, b):
+            # Every version is the winner's: by version, by hash, current.
+            for v, tag in ((1, "base"), (2, "b"), (3, "b"), (4, "a2"), (5, "b5")):
+                f = await store.get_version(G, "targets", v)
+                assert f is not None and f.data == f"targets:{v}:{tag}".encode(), (v, f)
+                assert await store.get_checksum(G, "targets", f.sha256) == f
+            assert await _tags(store) == {"b5"}
+            # The changefeed lists only timestamps of the served history, in order.
+            feed = await store.changes(G, 0, 100)
+            assert [c.version for c in feed] == sorted(c.version for c in feed)
+            assert {c.version for c in feed} == {1, 2, 3, 4, 5}
+            for c in feed:
+                ts = await store.get_version(G, "timestamp", c.version)
+                assert ts is not None and ts.sha256 == c.sha256, c
+        # No conflicting revisions are left in either region.
+        assert _conflicts(db_a) == _conflicts(db_b) == []
 
-    asyncio.run(main())
+    _in_two_regions(regions, main)
 
 
 def test_equal_versions_the_publish_accepted_first_wins(regions: tuple[str, str]) -> None:
     db_a, db_b = regions
 
-    async def main() -> None:
-        a, b = await _open(db_a, "a"), await _open(db_b, "b")
-        try:
-            await b.update(G, _bump("base"))
-            _converge(db_a, db_b)
-            await b.update(G, _bump("first"))
-            await asyncio.sleep(0.01)
-            await a.update(G, _bump("second"))
-            _converge(db_a, db_b)
-            # A read of a head in conflict resolves it (the reader may write).
-            assert await _tags(a) == {"first"}
-            _converge(db_a, db_b)
-            assert await _tags(b) == {"first"}
-            await b.update(G, _bump("b3"))  # the winner's region publishes on
-            with pytest.raises(UpdateError, match=r"discarded: .*region a"):
-                await a.update(G, _bump("a4"))
-        finally:
-            await a.close()
-            await b.close()
+    async def main(a: CouchStore, b: CouchStore) -> None:
+        await b.update(G, _bump("base"))
+        _converge(db_a, db_b)
+        await b.update(G, _bump("first"))
+        await asyncio.sleep(0.01)
+        await a.update(G, _bump("second"))
+        _converge(db_a, db_b)
+        # A read of a head in conflict resolves it (the reader may write).
+        assert await _tags(a) == {"first"}
+        _converge(db_a, db_b)
+        assert await _tags(b) == {"first"}
+        await b.update(G, _bump("b3"))  # the winner's region publishes on
+        with pytest.raises(UpdateError, match=r"discarded: .*region a"):
+            await a.update(G, _bump("a4"))
 
-    asyncio.run(main())
+    _in_two_regions(regions, main)
 
 
 def test_a_deletion_in_one_region_beats_a_concurrent_publish(regions: tuple[str, str]) -> None:
     db_a, db_b = regions
 
-    async def main() -> None:
-        a, b = await _open(db_a, "a"), await _open(db_b, "b")
-        try:
-            await a.update(G, _bump("base"))
+    async def main(a: CouchStore, b: CouchStore) -> None:
+        await a.update(G, _bump("base"))
+        _converge(db_a, db_b)
+        assert await a.delete(G)
+        await b.update(G, _bump("b"))
+        _converge(db_a, db_b)
+        assert _conflicts(db_a), "no fork: the test would test nothing"
+        for store in (a, b):  # each read resolves or sees the resolution
+            assert (await store.get_state(G)).current == {}
+            assert await store.get_version(G, "targets", 2) is None
             _converge(db_a, db_b)
-            assert await a.delete(G)
-            await b.update(G, _bump("b"))
-            _converge(db_a, db_b)
-            assert _conflicts(db_a), "no fork: the test would test nothing"
-            for store in (a, b):  # each read resolves or sees the resolution
-                assert (await store.get_state(G)).current == {}
-                assert await store.get_version(G, "targets", 2) is None
-                _converge(db_a, db_b)
-            with pytest.raises(UpdateError, match="discarded"):
-                await b.update(G, _bump("b2"))
-            stored = await b.update(G, _bump("again"))  # the GUN starts afresh
-            assert {f.version for f in stored} == {1}
-            _converge(db_a, db_b)
-            assert await _tags(a) == {"again"}
-            feed = await a.changes(G, 0, 100)
-            assert [(c.category, c.version) for c in feed] == [
-                ("update", 1),
-                ("deletion", 0),
-                ("update", 1),
-            ]
-        finally:
-            await a.close()
-            await b.close()
+        with pytest.raises(UpdateError, match="discarded"):
+            await b.update(G, _bump("b2"))
+        stored = await b.update(G, _bump("again"))  # the GUN starts afresh
+        assert {f.version for f in stored} == {1}
+        _converge(db_a, db_b)
+        assert await _tags(a) == {"again"}
+        feed = await a.changes(G, 0, 100)
+        assert [(c.category, c.version) for c in feed] == [
+            ("update", 1),
+            ("deletion", 0),
+            ("update", 1),
+        ]
 
-    asyncio.run(main())
+    _in_two_regions(regions, main)
 
 
 def test_only_the_arbiter_resolves_and_other_regions_wait_for_it(
@@ -201,57 +202,45 @@ def test_only_the_arbiter_resolves_and_other_regions_wait_for_it(
     forked GUN, saying why; then it delivers a's notice."""
     db_a, db_b = regions
 
-    async def main() -> None:
-        a, b = await _open(db_a, "a"), await _open(db_b, "b")
-        try:
-            await a.update(G, _bump("base"))
-            _converge(db_a, db_b)
-            assert await a.delete(G)
-            await b.update(G, _bump("b"))
-            await b.update(G, _bump("b"))  # b:3 exists only in the losing history
-            _converge(db_a, db_b)
-            assert _conflicts(db_b)
-            assert await b._forks.scan() == 0
-            assert await _tags(b) == {"b"}  # one whole history meanwhile
-            with pytest.raises(UpdateError, match="not reached this region"):
-                await b.update(G, _bump("refused"))
-            with pytest.raises(StorageError, match="not deleted"):
-                await b.delete(G)
-            assert await a._forks.scan() == 1
-            _converge(db_a, db_b)
-            assert _conflicts(db_a) == _conflicts(db_b) == []
-            for store in (a, b):
-                assert (await store.get_state(G)).current == {}
-            with pytest.raises(UpdateError, match="discarded"):
-                await b.update(G, _bump("b4"))
-            await b.update(G, _bump("again"))
-            _converge(db_a, db_b)
-            assert await _tags(a) == await _tags(b) == {"again"}
-        finally:
-            await a.close()
-            await b.close()
+    async def main(a: CouchStore, b: CouchStore) -> None:
+        await a.update(G, _bump("base"))
+        _converge(db_a, db_b)
+        assert await a.delete(G)
+        await b.update(G, _bump("b"))
+        await b.update(G, _bump("b"))  # b:3 exists only in the losing history
+        _converge(db_a, db_b)
+        assert _conflicts(db_b)
+        assert await b._forks.scan() == 0
+        assert await _tags(b) == {"b"}  # one whole history meanwhile
+        with pytest.raises(UpdateError, match="not reached this region"):
+            await b.update(G, _bump("refused"))
+        with pytest.raises(StorageError, match="not deleted"):
+            await b.delete(G)
+        assert await a._forks.scan() == 1
+        _converge(db_a, db_b)
+        assert _conflicts(db_a) == _conflicts(db_b) == []
+        for store in (a, b):
+            assert (await store.get_state(G)).current == {}
+        with pytest.raises(UpdateError, match="discarded"):
+            await b.update(G, _bump("b4"))
+        await b.update(G, _bump("again"))
+        _converge(db_a, db_b)
+        assert await _tags(a) == await _tags(b) == {"again"}
 
-    asyncio.run(main())
+    _in_two_regions(regions, main)
 
 
 def test_change_ids_are_striped_per_region(regions: tuple[str, str]) -> None:
-    db_a, db_b = regions
+    async def main(a: CouchStore, b: CouchStore) -> None:
+        for i in range(3):
+            await a.update(f"{G}/{i}", _bump("a"))
+            await b.update(f"{G}/{i}", _bump("b"))
+        ids_a = [c.id for c in await a.changes(None, 0, 100)]
+        ids_b = [c.id for c in await b.changes(None, 0, 100)]
+        assert ids_a and all(n % 2 == 1 for n in ids_a), ids_a
+        assert ids_b and all(n % 2 == 0 for n in ids_b), ids_b
 
-    async def main() -> None:
-        a, b = await _open(db_a, "a"), await _open(db_b, "b")
-        try:
-            for i in range(3):
-                await a.update(f"{G}/{i}", _bump("a"))
-                await b.update(f"{G}/{i}", _bump("b"))
-            ids_a = [c.id for c in await a.changes(None, 0, 100)]
-            ids_b = [c.id for c in await b.changes(None, 0, 100)]
-            assert ids_a and all(n % 2 == 1 for n in ids_a), ids_a
-            assert ids_b and all(n % 2 == 0 for n in ids_b), ids_b
-        finally:
-            await a.close()
-            await b.close()
-
-    asyncio.run(main())
+    _in_two_regions(regions, main)
 
 
 def test_background_scan_resolves_without_a_publish(regions: tuple[str, str]) -> None:
