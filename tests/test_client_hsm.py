@@ -12,6 +12,7 @@ import json
 import os
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -44,12 +45,20 @@ def vouch_cli(server: VouchServer, trust: Path, hsm: SoftHSM, **extra: str) -> N
     return NotaryCLI(server.url, trust, binary=VOUCH, env=env, home=trust.parent / "home")
 
 
-def token_keys(hsm: SoftHSM) -> dict[str, tufkeys.Key]:
-    """What is on the token, read with a separate session (a fresh process's view)."""
+def _fresh_lib(hsm: SoftHSM) -> Any:
+    """The PKCS#11 library reinitialised, so that the next session sees the token
+    as a fresh process would (what other sessions wrote included)."""
     os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
     import pkcs11
 
-    pkcs11.lib(hsm.module).reinitialize()
+    lib = pkcs11.lib(hsm.module)
+    lib.reinitialize()
+    return lib
+
+
+def token_keys(hsm: SoftHSM) -> dict[str, tufkeys.Key]:
+    """What is on the token, read with a separate session (a fresh process's view)."""
+    _fresh_lib(hsm)
     token = Token(hsm.config())
     try:
         return {key.keyid: key for key, _label in token.key_pairs()}
@@ -288,13 +297,9 @@ def test_root_rotated_onto_the_token_and_off_again(
 
 def _token_key_objects(hsm: SoftHSM) -> list[tuple[str, str]]:
     """(class, CKA_ID hex) of every key object on the token, from a fresh session."""
-    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
-    import pkcs11
     from pkcs11 import Attribute, ObjectClass
 
-    lib = pkcs11.lib(hsm.module)
-    lib.reinitialize()
-    with lib.get_token(token_label=hsm.label).open(user_pin=hsm.pin) as session:
+    with _fresh_lib(hsm).get_token(token_label=hsm.label).open(user_pin=hsm.pin) as session:
         return sorted(
             (str(o[Attribute.CLASS]), bytes(o[Attribute.ID]).hex())
             for cls in (ObjectClass.PUBLIC_KEY, ObjectClass.PRIVATE_KEY)
@@ -304,14 +309,11 @@ def _token_key_objects(hsm: SoftHSM) -> list[tuple[str, str]]:
 
 def _put_key_pair(hsm: SoftHSM, object_id: bytes, kind: str) -> None:
     """A key pair made by another tool under ``object_id``: RSA or an EC curve."""
-    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
-    import pkcs11
     from pkcs11 import Attribute, KeyType
     from pkcs11.util.ec import encode_named_curve_parameters
 
-    lib = pkcs11.lib(hsm.module)
-    lib.reinitialize()
-    with lib.get_token(token_label=hsm.label).open(rw=True, user_pin=hsm.pin) as session:
+    token = _fresh_lib(hsm).get_token(token_label=hsm.label)
+    with token.open(rw=True, user_pin=hsm.pin) as session:
         if kind == "rsa":
             session.generate_keypair(KeyType.RSA, 2048, store=True, id=object_id, label=kind)
         else:
