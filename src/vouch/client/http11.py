@@ -56,6 +56,8 @@ KEEPALIVE_EXPIRY: Final = 4.0
 #: when it has taken all but a quarter of it.
 HIGH_WATER: Final = 256 << 10
 LOW_WATER: Final = HIGH_WATER // 4
+#: The port of each scheme when a URL names none.
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 #: Bytes a server may send in a row that are not body (status lines, headers,
 #: trailers): llhttp keeps a header value whole before handing it over, so
@@ -492,7 +494,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         scheme = url.raw_scheme
         if scheme not in (b"http", b"https"):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
-        port = url.port or (443 if scheme == b"https" else 80)
+        port = url.port or DEFAULT_PORTS[url.scheme]
         origin = (scheme, url.raw_host.decode("ascii"), port)
         body = await request.aread()
         data = _request_head(request, body)
@@ -616,4 +618,4 @@ class Http11Transport(httpx.AsyncBaseTransport):
         return conn
 
 
-__all__ = ["Http11Transport"]
+__all__ = ["DEFAULT_PORTS", "Http11Transport"]

@@ -27,13 +27,13 @@ import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
 
 import httpx
 
+from vouch.client.http11 import DEFAULT_PORTS
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class ProxyConfig:
         proxy = self.https if url.scheme == "https" else self.http
         if proxy is None:
             return None
-        port = str(url.port or _DEFAULT_PORTS.get(url.scheme, 0))
+        port = str(url.port or DEFAULT_PORTS.get(url.scheme, 0))
         host = url.raw_host.decode("ascii")  # IDNA-encoded, as Go compares it
         return None if self.no_proxy.bypasses(host, port) else proxy
 

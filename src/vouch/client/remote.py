@@ -60,7 +60,7 @@ from vouch.client.errors import (
     UpdateRejected,
     VersionConflict,
 )
-from vouch.client.http11 import Http11Transport
+from vouch.client.http11 import DEFAULT_PORTS, Http11Transport
 from vouch.client.proxy import ProxyConfig, ProxyRouter
 from vouch.tuf import timefmt
 from vouch.tuf.errors import FormatError
@@ -210,8 +210,7 @@ def multipart_body(files: Mapping[str, bytes]) -> tuple[bytes, str]:
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    default = {"http": 80, "https": 443}.get(url.scheme)
-    return (url.scheme, url.host, url.port or default)
+    return (url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme))
 
 
 def _envelope(body: bytes) -> tuple[str, str, Any, int]:
